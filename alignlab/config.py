@@ -1,0 +1,69 @@
+"""The root structured config: validates every Hydra group at compose time.
+
+Config groups mirror the package: conf/model, conf/quant, conf/peft -> alignlab.models;
+conf/data -> alignlab.data; conf/stage -> alignlab.stages; conf/pipeline -> alignlab.pipeline;
+conf/logger -> alignlab.tracking; conf/paths -> here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+
+from alignlab.data.config import DataConfig
+from alignlab.models.config import ModelConfig, PeftConfig, QuantConfig
+from alignlab.stages.config import StageGroupConfig
+
+
+@dataclass
+class NodeConfig:
+    """One pipeline node: a stage kind, its dataset and its upstream nodes."""
+
+    stage: str = "???"
+    data: Optional[str] = None  # key into `data`; default: the stage kind's usual dataset
+    init: Optional[str] = None  # upstream whose weights initialise this node
+    policy: Optional[str] = None  # upstream policy to continue (DPO, PPO)
+    reward: Optional[str] = None  # upstream reward model (PPO)
+
+
+@dataclass
+class PipelineConfig:
+    name: str = "sft"
+    nodes: Dict[str, NodeConfig] = field(default_factory=dict)
+
+
+@dataclass
+class LoggerConfig:
+    backend: str = "wandb"  # wandb | none
+    project: str = "alignlab"
+    mode: str = "offline"  # offline | online | disabled
+    entity: Optional[str] = None
+    group: Optional[str] = None  # default: the experiment name
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class PathsConfig:
+    data_home: str = "???"  # the local data mirror (ALIGNLAB_DATA_HOME)
+    cache_dir: str = "???"  # content-addressed stage cache
+    model_cache: str = "???"  # converted embedded models
+    run_dir: str = "???"  # this run's output directory (summary.json)
+
+
+@dataclass
+class RootConfig:
+    name: str = "quickstart"  # experiment name: W&B group and summary title
+    seed: int = 42
+    model: ModelConfig = field(default_factory=ModelConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
+    data: Dict[str, DataConfig] = field(default_factory=dict)
+    stage: StageGroupConfig = field(default_factory=StageGroupConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="alignlab_schema", node=RootConfig)

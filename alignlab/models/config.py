@@ -1,0 +1,45 @@
+"""Structured configs of the `model`, `quant` and `peft` Hydra groups."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+
+@dataclass
+class ModelConfig:
+    """Which base model to load and how to place it.
+
+    `name_or_path` is an embedded model (`embedded:smollm2-135m-instruct`, `embedded:tiny-llama`),
+    a local directory, or a Hugging Face hub id.
+    """
+
+    name_or_path: str = "embedded:smollm2-135m-instruct"
+    revision: Optional[str] = None
+    trust_remote_code: bool = False
+    dtype: str = "auto"  # auto (fp32 on CPU, bf16 on CUDA) | float32 | bfloat16 | float16
+    device_map: Optional[str] = "auto"  # auto (None on CPU, "auto" on CUDA) | cpu | cuda | any HF device_map string
+    attn_implementation: Optional[str] = None
+
+
+@dataclass
+class QuantConfig:
+    """Weight quantization of the frozen base (bitsandbytes)."""
+
+    method: str = "none"  # none | bnb_4bit | bnb_8bit
+    quant_type: str = "nf4"  # nf4 | fp4 (4-bit only)
+    double_quant: bool = True
+    compute_dtype: str = "auto"  # auto follows the model dtype
+
+
+@dataclass
+class PeftConfig:
+    """Parameter-efficient adapter trained on top of the base (LoRA)."""
+
+    method: str = "lora"  # lora | none (full fine-tuning)
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: List[str] = field(default_factory=lambda: ["all-linear"])
+    modules_to_save: Optional[List[str]] = None
+    bias: str = "none"
+    use_rslora: bool = False

@@ -1,0 +1,209 @@
+"""Declarative pipeline: order the nodes, reuse finished ones from the content-addressed cache,
+run the rest, and write summary.json.
+
+A node's key hashes its resolved stage config, the model/quant/peft groups, its data fingerprint
+and its upstream keys. A node trains inside `<cache>/<stage>-<key>.partial/` (resuming from the
+newest checkpoint there) and is published by an atomic rename to `<cache>/<stage>-<key>/`, which
+also holds the COMPLETE marker: a directory without it is never reused.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, List
+
+from filelock import FileLock
+from omegaconf import DictConfig, OmegaConf
+
+from alignlab.data import load_data
+from alignlab.errors import ConfigError
+from alignlab.stages import STAGE_MODULES, stage_module
+from alignlab.stages.context import Artifact, StageContext
+from alignlab.tracking import NodeTracker, redact
+
+log = logging.getLogger("alignlab.pipeline")
+
+CACHE_VERSION = 1
+UPSTREAM_ROLES = ("init", "policy", "reward")
+COMPLETE = "COMPLETE"
+DEFAULT_DATA = {"sft": "sft", "reward": "preference", "dpo": "preference", "ppo": "prompts"}
+
+
+def plan(nodes: DictConfig) -> List[str]:
+    """Topological order of the nodes; unknown stages, unknown upstreams and cycles are errors."""
+    if not nodes:
+        raise ConfigError("pipeline.nodes is empty: name at least one node, e.g. sft: {stage: sft}")
+    for name, node in nodes.items():
+        if node.stage not in STAGE_MODULES:
+            raise ConfigError(
+                f"pipeline.nodes.{name}.stage: unknown stage '{node.stage}'; known: {', '.join(STAGE_MODULES)}"
+            )
+        for role in UPSTREAM_ROLES:
+            up = node.get(role)
+            if up is not None and up not in nodes:
+                raise ConfigError(f"pipeline.nodes.{name}.{role}: unknown upstream node '{up}'")
+    order: List[str] = []
+    state: Dict[str, str] = {}
+
+    def visit(name: str, path: List[str]) -> None:
+        if state.get(name) == "done":
+            return
+        if state.get(name) == "visiting":
+            raise ConfigError("pipeline.nodes form a cycle: " + " -> ".join(path + [name]))
+        state[name] = "visiting"
+        for role in UPSTREAM_ROLES:
+            up = nodes[name].get(role)
+            if up is not None:
+                visit(up, path + [name])
+        state[name] = "done"
+        order.append(name)
+
+    for name in nodes:
+        visit(name, [])
+    return order
+
+
+def node_key(cfg: DictConfig, node: DictConfig, data_fingerprint: str, upstream: Dict[str, Artifact]) -> str:
+    payload = {
+        "version": CACHE_VERSION,
+        "stage": node.stage,
+        "hparams": OmegaConf.to_container(cfg.stage[node.stage], resolve=True),
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "quant": OmegaConf.to_container(cfg.quant, resolve=True),
+        "peft": OmegaConf.to_container(cfg.peft, resolve=True),
+        "seed": cfg.seed,
+        "data": data_fingerprint,
+        "upstream": {role: art.key for role, art in sorted(upstream.items())},
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def is_complete(path: Path) -> bool:
+    return (path / COMPLETE).is_file()
+
+
+def _read_artifact(name: str, stage: str, key: str, path: Path) -> Artifact:
+    marker = json.loads((path / COMPLETE).read_text())
+    return Artifact(node=name, stage=stage, key=key, path=path, metrics=marker.get("metrics", {}))
+
+
+class Pipeline:
+    """Runs one composed config's pipeline and records the outcome in summary.json."""
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        self.cache_dir = Path(cfg.paths.cache_dir).expanduser().resolve()
+        self.run_dir = Path(cfg.paths.run_dir).expanduser().resolve()
+        self.data_home = str(Path(cfg.paths.data_home).expanduser().resolve())
+        self.summary: Dict[str, Any] = {
+            "name": cfg.name,
+            "run_dir": str(self.run_dir),
+            "started": datetime.now(timezone.utc).isoformat(),
+            "status": "running",
+            "nodes": {},
+        }
+
+    def run(self) -> Dict[str, Any]:
+        order = plan(self.cfg.pipeline.nodes)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        artifacts: Dict[str, Artifact] = {}
+        try:
+            for name in order:
+                artifacts[name] = self._run_node(name, artifacts)
+            self.summary["status"] = "ok"
+        except BaseException as err:
+            self.summary["status"] = "failed"
+            self.summary["error"] = f"{type(err).__name__}: {err}"
+            raise
+        finally:
+            self.summary["finished"] = datetime.now(timezone.utc).isoformat()
+            self._write_summary()
+        return self.summary
+
+    def _write_summary(self) -> None:
+        tmp = self.run_dir / "summary.json.tmp"
+        tmp.write_text(json.dumps(self.summary, indent=2, default=str))
+        os.replace(tmp, self.run_dir / "summary.json")
+
+    def _run_node(self, name: str, artifacts: Dict[str, Artifact]) -> Artifact:
+        node = self.cfg.pipeline.nodes[name]
+        module = stage_module(node.stage)
+        data_name = node.data or DEFAULT_DATA[node.stage]
+        if data_name not in self.cfg.data:
+            raise ConfigError(
+                f"pipeline.nodes.{name}.data: no dataset '{data_name}' in the data group "
+                f"(have: {', '.join(self.cfg.data) or 'none'})"
+            )
+        data = load_data(self.cfg.data[data_name], module.DATA_KIND, data_home=self.data_home)
+        upstream = {role: artifacts[node[role]] for role in UPSTREAM_ROLES if node.get(role) is not None}
+        key = node_key(self.cfg, node, data.fingerprint, upstream)
+        entry = {
+            "stage": node.stage,
+            "key": key,
+            "upstream": {role: art.node for role, art in upstream.items()},
+            "data": {"name": data_name, **data.report},
+        }
+        self.summary["nodes"][name] = entry
+        final = self.cache_dir / f"{node.stage}-{key[:16]}"
+        start = time.time()
+        with FileLock(str(final) + ".lock"):
+            if is_complete(final):
+                log.info("node %s: cache hit %s", name, final)
+                art = _read_artifact(name, node.stage, key, final)
+                entry.update(status="cached", artifact=str(final), metrics=art.metrics)
+                return art
+            entry["status"] = "running"
+            self._write_summary()
+            try:
+                metrics = self._train(name, node, module, data, upstream, key, final)
+            except BaseException as err:
+                entry.update(status="failed", error=f"{type(err).__name__}: {err}", seconds=time.time() - start)
+                raise
+        entry.update(status="trained", artifact=str(final), metrics=metrics, seconds=round(time.time() - start, 2))
+        return Artifact(node=name, stage=node.stage, key=key, path=final, metrics=metrics)
+
+    def _train(self, name, node, module, data, upstream, key, final: Path) -> Dict[str, Any]:
+        work = final.with_name(final.name + ".partial")
+        if final.exists():  # a directory without its COMPLETE marker: never reused
+            shutil.rmtree(final)
+        resumed = work.is_dir()
+        work.mkdir(parents=True, exist_ok=True)
+        node_cfg = {
+            "node": name,
+            "key": key,
+            "stage": node.stage,
+            "hparams": OmegaConf.to_container(self.cfg.stage[node.stage], resolve=True),
+            "model": OmegaConf.to_container(self.cfg.model, resolve=True),
+            "quant": OmegaConf.to_container(self.cfg.quant, resolve=True),
+            "peft": OmegaConf.to_container(self.cfg.peft, resolve=True),
+            "data": OmegaConf.to_container(self.cfg.data[node.data or DEFAULT_DATA[node.stage]], resolve=True),
+            "upstream": {role: {"node": a.node, "key": a.key, "path": str(a.path)} for role, a in upstream.items()},
+        }
+        (work / "config.json").write_text(json.dumps(redact(node_cfg), indent=2))
+        tracker = NodeTracker(
+            self.cfg.logger, self.cfg.name, name, node.stage, node_cfg, self.run_dir, work / "metrics.jsonl"
+        )
+        log.info("node %s: %s %s", name, "resuming in" if resumed else "training in", work)
+        ok = False
+        try:
+            ctx = StageContext(name, node.stage, self.cfg.stage[node.stage], self.cfg, data, upstream, work, tracker)
+            metrics = module.run(ctx)
+            tracker.summary(metrics)
+            ok = True
+        finally:
+            tracker.finish(ok)
+        shutil.rmtree(work / "checkpoints", ignore_errors=True)
+        (work / COMPLETE).write_text(json.dumps({"key": key, "node": name, "metrics": metrics}, indent=2, default=str))
+        os.replace(work, final)
+        return metrics
+
+
+def run(cfg: DictConfig) -> Dict[str, Any]:
+    return Pipeline(cfg).run()

@@ -1,0 +1,45 @@
+"""Structured configs of the `stage` Hydra group: hyperparameters of each stage kind."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+
+@dataclass
+class TrainerConfig:
+    """Training-loop settings every trainer-based stage shares (mapped onto transformers' TrainingArguments)."""
+
+    learning_rate: float = 2e-4
+    num_train_epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides num_train_epochs
+    per_device_train_batch_size: int = 4
+    per_device_eval_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    lr_scheduler_type: str = "cosine"
+    warmup_steps: float = 0.0  # >= 1: steps; < 1: fraction of all training steps
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    optim: str = "adamw_torch"
+    gradient_checkpointing: bool = False
+    logging_steps: int = 5
+    eval_steps: Optional[int] = None  # None: evaluate once at the end only
+    save_steps: int = 50  # checkpoint interval (resume point after an interruption)
+    seed: int = 42
+    extra: Dict[str, Any] = field(default_factory=dict)  # any further trl/transformers config field
+
+
+@dataclass
+class SFTStageConfig(TrainerConfig):
+    """Supervised fine-tuning on conversations (trl SFTTrainer)."""
+
+    max_length: int = 1024
+    assistant_only_loss: bool = True  # loss on assistant tokens only
+    packing: bool = False
+    merge_export: bool = False  # also write the adapter merged into the base weights (merged/)
+
+
+@dataclass
+class StageGroupConfig:
+    """One hyperparameter block per stage kind; pipeline nodes pick theirs by `stage`."""
+
+    sft: SFTStageConfig = field(default_factory=SFTStageConfig)

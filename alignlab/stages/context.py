@@ -1,0 +1,96 @@
+"""What the pipeline hands a stage, and the pieces every trainer-based stage shares."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from alignlab.tracking import NodeTracker
+
+
+@dataclass
+class Artifact:
+    """A finished node's output directory and what it reported."""
+
+    node: str
+    stage: str
+    key: str
+    path: Path
+    metrics: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.path / "adapter"
+
+
+@dataclass
+class StageContext:
+    """Inputs of one stage run: its hyperparameters, data, upstream artifacts and work directory."""
+
+    node: str
+    stage: str
+    hparams: DictConfig
+    cfg: DictConfig  # the whole composed config (model, quant, peft, paths, ...)
+    data: Any  # alignlab.data.LoadedData
+    upstream: Dict[str, Artifact]  # role (init, policy, reward) -> artifact
+    work_dir: Path  # becomes the artifact directory when the stage returns
+    tracker: NodeTracker
+
+    @property
+    def model_cache(self) -> str:
+        return self.cfg.paths.model_cache
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.work_dir / "checkpoints"
+
+    def last_checkpoint(self) -> Optional[str]:
+        """The newest trainer checkpoint of an interrupted earlier attempt, if any."""
+        from transformers.trainer_utils import get_last_checkpoint
+
+        if not self.checkpoint_dir.is_dir():
+            return None
+        return get_last_checkpoint(str(self.checkpoint_dir))
+
+    @staticmethod
+    def checkpoint_step(checkpoint: Optional[str]) -> int:
+        return int(Path(checkpoint).name.rsplit("-", 1)[1]) if checkpoint else 0
+
+    def trainer_args(self, config_cls, **stage_specific):
+        """Build a trl/transformers config from the shared TrainerConfig fields plus stage fields."""
+        h = OmegaConf.to_container(self.hparams, resolve=True)
+        extra = h.pop("extra", {}) or {}
+        has_eval = bool(self.data.eval)
+        on_cuda = torch.cuda.is_available()
+        common = dict(
+            output_dir=str(self.checkpoint_dir),
+            learning_rate=h["learning_rate"],
+            num_train_epochs=h["num_train_epochs"],
+            max_steps=h["max_steps"],
+            per_device_train_batch_size=h["per_device_train_batch_size"],
+            per_device_eval_batch_size=h["per_device_eval_batch_size"],
+            gradient_accumulation_steps=h["gradient_accumulation_steps"],
+            lr_scheduler_type=h["lr_scheduler_type"],
+            warmup_steps=h["warmup_steps"],
+            weight_decay=h["weight_decay"],
+            max_grad_norm=h["max_grad_norm"],
+            optim=h["optim"],
+            gradient_checkpointing=h["gradient_checkpointing"],
+            logging_steps=h["logging_steps"],
+            eval_strategy="steps" if has_eval and h["eval_steps"] else "no",
+            eval_steps=h["eval_steps"],
+            save_strategy="steps",
+            save_steps=h["save_steps"],
+            save_total_limit=2,
+            seed=h["seed"],
+            data_seed=h["seed"],
+            report_to="none",
+            use_cpu=not on_cuda,
+            bf16=on_cuda and torch.cuda.is_bf16_supported() and self.cfg.model.dtype in ("auto", "bfloat16"),
+            dataloader_num_workers=0,
+            remove_unused_columns=True,
+        )
+        return config_cls(**{**common, **stage_specific, **extra})

@@ -1,0 +1,47 @@
+"""Integration: the quickstart experiment's SFT node on the embedded SmolLM2, tracked in W&B offline."""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from conftest import REPO, alignlab_env
+from wandb_records import records
+
+ALIGNLAB = str(REPO / ".venv" / "bin" / "alignlab")
+
+
+def _history_keys(record) -> set:
+    return {item.key or "/".join(item.nested_key) for item in record.history.item}
+
+
+def test_quickstart_sft_node_with_wandb_offline(data_home, model_cache, tmp_path):
+    run_dir = tmp_path / "run"
+    cmd = [
+        ALIGNLAB,
+        "stage.sft.max_steps=3",
+        "stage.sft.logging_steps=1",
+        "data.sft.max_train_rows=24",
+        "data.sft.max_eval_rows=4",
+        "stage.sft.max_length=256",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={run_dir}",
+    ]
+    done = subprocess.run(cmd, env=alignlab_env(data_home, model_cache), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["name"] == "quickstart" and summary["status"] == "ok"
+    node = summary["nodes"]["sft"]
+    assert node["status"] == "trained" and node["metrics"]["train_steps"] == 3
+    assert node["data"]["train"] == 24
+    assert Path(node["artifact"], "adapter", "adapter_model.safetensors").is_file()
+    assert (Path(node["artifact"]) / "metrics.jsonl").is_file()
+
+    run_files = list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(run_files) == 1
+    recs = list(records(run_files[0]))
+    run = next(r.run for r in recs if r.WhichOneof("record_type") == "run")
+    assert (run.run_group, run.job_type, run.display_name) == ("quickstart", "sft", "sft")
+    logged = set().union(*(_history_keys(r) for r in recs if r.WhichOneof("record_type") == "history"))
+    assert "loss" in logged and "eval_loss" in logged
