@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from alignlab.data import load_data
 from alignlab.errors import ConfigError
-from alignlab.stages import STAGE_MODULES, stage_module
+from alignlab.stages import STAGE_MODULES, UPSTREAM, stage_module
 from alignlab.stages.context import Artifact, StageContext
 from alignlab.tracking import NodeTracker, redact
 
@@ -46,8 +46,18 @@ def plan(nodes: DictConfig) -> List[str]:
             )
         for role in UPSTREAM_ROLES:
             up = node.get(role)
-            if up is not None and up not in nodes:
+            if up is None:
+                continue
+            if up not in nodes:
                 raise ConfigError(f"pipeline.nodes.{name}.{role}: unknown upstream node '{up}'")
+            allowed = UPSTREAM[node.stage].get(role)
+            if allowed is None:
+                raise ConfigError(f"pipeline.nodes.{name}.{role}: a {node.stage} node takes no '{role}' upstream")
+            if nodes[up].stage not in allowed:
+                raise ConfigError(
+                    f"pipeline.nodes.{name}.{role}: '{up}' is a {nodes[up].stage} node; "
+                    f"a {node.stage} {role} must be one of: {', '.join(allowed)}"
+                )
     order: List[str] = []
     state: Dict[str, str] = {}
 

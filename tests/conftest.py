@@ -101,3 +101,23 @@ def stage_context(tmp_path):
         return StageContext(node, kind, cfg.stage[kind], cfg, data, upstream or {}, work, tracker)
 
     return _make
+
+
+def _stage_overrides(kind: str, steps: int = 4) -> tuple:
+    return (
+        f"stage.{kind}.max_steps={steps}",
+        f"stage.{kind}.max_length=128",
+        f"stage.{kind}.per_device_train_batch_size=4",
+        f"stage.{kind}.logging_steps=1",
+        f"stage.{kind}.save_steps=2",
+        f"stage.{kind}.learning_rate=5e-3",
+    )
+
+
+TINY_PREFERENCE = (
+    "data.preference.max_train_rows=32",
+    "data.preference.max_eval_rows=8",
+    "data.preference.max_chars=600",
+    *_stage_overrides("reward"),
+    *_stage_overrides("dpo"),
+)

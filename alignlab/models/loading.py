@@ -134,19 +134,60 @@ def lora_config(peft: PeftConfig, head: str = "causal_lm"):
     )
 
 
-def add_adapter(model, peft: PeftConfig, quant: QuantConfig, head: str = "causal_lm", gradient_checkpointing: bool = False):
-    """Wrap `model` with a fresh trainable LoRA adapter (or leave it whole for full fine-tuning)."""
-    from peft import get_peft_model, prepare_model_for_kbit_training
+def add_adapter(
+    model,
+    peft: PeftConfig,
+    quant: QuantConfig,
+    head: str = "causal_lm",
+    gradient_checkpointing: bool = False,
+    init_from: Optional[str | os.PathLike] = None,
+):
+    """Wrap `model` with a new trainable LoRA adapter (or leave it whole for full fine-tuning).
+
+    `init_from` copies an upstream adapter's LoRA weights into the new adapter (same r and target
+    modules): e.g. a reward model whose transformer starts from the SFT policy while its score
+    head starts fresh.
+    """
+    from peft import get_peft_model
 
     if peft.method == "none":
         if quant.method != "none":
             raise ModelLoadError("a quantized base cannot be fully fine-tuned: set peft=lora")
+        if init_from is not None:
+            raise ModelLoadError("init from an upstream adapter needs peft=lora")
         return model
     if peft.method != "lora":
         raise ModelLoadError(f"peft.method '{peft.method}' is not one of lora, none")
-    if quant.method != "none":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
-    return get_peft_model(model, lora_config(peft, head))
+    model = get_peft_model(_prepare_quantized(model, gradient_checkpointing), lora_config(peft, head))
+    if init_from is not None:
+        _copy_lora_weights(model, Path(init_from))
+    return model
+
+
+def _prepare_quantized(model, gradient_checkpointing: bool = False):
+    from peft import prepare_model_for_kbit_training
+
+    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
+        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    return model
+
+
+def _copy_lora_weights(model, adapter_dir: Path) -> None:
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights_file = adapter_dir / "adapter_model.safetensors"
+    if not weights_file.is_file():
+        raise ModelLoadError(f"no adapter weights at '{weights_file}'")
+    state = get_peft_model_state_dict(model)  # includes heads (modules_to_save), kept as they are
+    lora = {k: v for k, v in load_file(str(weights_file)).items() if ".lora_" in k}
+    ours = {k for k in state if ".lora_" in k}
+    if set(lora) != ours or any(state[k].shape != v.shape for k, v in lora.items()):
+        raise ModelLoadError(
+            f"adapter '{adapter_dir}' does not match this model's LoRA layout (same peft group needed): "
+            f"{len(set(lora) ^ ours)} differing weight names"
+        )
+    set_peft_model_state_dict(model, {**state, **lora}, adapter_name="default")
 
 
 def load_adapter(model, adapter_dir: str | os.PathLike, trainable: bool, adapter_name: str = "default"):
@@ -159,4 +200,6 @@ def load_adapter(model, adapter_dir: str | os.PathLike, trainable: bool, adapter
     if isinstance(model, PeftModel):
         model.load_adapter(str(adapter_dir), adapter_name=adapter_name, is_trainable=trainable)
         return model
+    if trainable:
+        model = _prepare_quantized(model)
     return PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=adapter_name, is_trainable=trainable)

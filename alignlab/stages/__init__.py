@@ -6,6 +6,15 @@ from types import ModuleType
 
 STAGE_MODULES = {
     "sft": "alignlab.stages.sft",
+    "reward": "alignlab.stages.reward",
+    "dpo": "alignlab.stages.dpo",
+}
+
+# Which upstream roles each stage accepts, and which stage kinds may fill them.
+UPSTREAM = {
+    "sft": {"init": ("sft",)},
+    "reward": {"init": ("sft", "reward")},
+    "dpo": {"policy": ("sft", "dpo")},
 }
 
 

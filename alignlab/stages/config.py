@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 
 @dataclass
@@ -39,7 +39,34 @@ class SFTStageConfig(TrainerConfig):
 
 
 @dataclass
+class RewardStageConfig(TrainerConfig):
+    """Bradley-Terry reward model on preference pairs (trl RewardTrainer), 1-logit score head."""
+
+    learning_rate: float = 1e-4
+    max_length: int = 512
+    center_rewards_coefficient: Optional[float] = None  # e.g. 0.01 keeps rewards centred on 0
+    disable_dropout: bool = True
+    score_batch_size: int = 8  # batch size of held-out scoring (accuracy, margins)
+
+
+@dataclass
+class DPOStageConfig(TrainerConfig):
+    """Direct preference optimisation (trl DPOTrainer); the reference is the frozen starting adapter."""
+
+    learning_rate: float = 5e-5
+    beta: float = 0.1
+    loss_type: List[str] = field(default_factory=lambda: ["sigmoid"])  # sigmoid | ipo | hinge | robust | ...
+    loss_weights: Optional[List[float]] = None  # weights when several loss types are combined
+    label_smoothing: float = 0.0  # conservative DPO / robust DPO noise rate
+    max_length: int = 512
+    precompute_ref_log_probs: bool = False  # score the reference once up front instead of every step
+    disable_dropout: bool = True
+
+
+@dataclass
 class StageGroupConfig:
     """One hyperparameter block per stage kind; pipeline nodes pick theirs by `stage`."""
 
     sft: SFTStageConfig = field(default_factory=SFTStageConfig)
+    reward: RewardStageConfig = field(default_factory=RewardStageConfig)
+    dpo: DPOStageConfig = field(default_factory=DPOStageConfig)

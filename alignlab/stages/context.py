@@ -55,6 +55,48 @@ class StageContext:
             return None
         return get_last_checkpoint(str(self.checkpoint_dir))
 
+    def policy_model(self, role: str):
+        """Causal LM to train: the upstream `role` node's adapter (trainable) or a fresh adapter."""
+        from alignlab.models import add_adapter, load_adapter, load_base
+
+        cfg = self.cfg
+        model = load_base(cfg.model, cfg.quant, self.model_cache)
+        if role in self.upstream:
+            return load_adapter(model, self.upstream[role].adapter_dir, trainable=True)
+        return add_adapter(model, cfg.peft, cfg.quant, gradient_checkpointing=self.hparams.gradient_checkpointing)
+
+    def datasets(self):
+        """The node's train and held-out rows as `datasets.Dataset`s (eval is None when empty)."""
+        from datasets import Dataset
+
+        return Dataset.from_list(self.data.train), (Dataset.from_list(self.data.eval) if self.data.eval else None)
+
+    def fit(self, trainer, drop_adapters: tuple = ()) -> Dict[str, Any]:
+        """Train (resuming from the newest checkpoint), evaluate the held-out split, save the adapter.
+
+        `drop_adapters` names helper adapters (e.g. a frozen reference copy) left out of the artifact.
+        """
+        checkpoint = self.last_checkpoint()
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+        metrics: Dict[str, Any] = {
+            "train_loss": result.training_loss,
+            "train_steps": result.global_step,
+            "resumed_from_step": self.checkpoint_step(checkpoint),
+        }
+        if trainer.eval_dataset is not None:
+            metrics.update(trainer.evaluate())
+        for name in drop_adapters:
+            if name in getattr(trainer.model, "peft_config", {}):
+                trainer.model.delete_adapter(name)
+        trainer.save_model(str(self.output_model_dir))
+        trainer.processing_class.save_pretrained(str(self.output_model_dir))
+        return metrics
+
+    @property
+    def output_model_dir(self) -> Path:
+        """adapter/ for LoRA, model/ for full fine-tuning."""
+        return self.work_dir / ("adapter" if self.cfg.peft.method != "none" else "model")
+
     @staticmethod
     def checkpoint_step(checkpoint: Optional[str]) -> int:
         return int(Path(checkpoint).name.rsplit("-", 1)[1]) if checkpoint else 0

@@ -1,0 +1,53 @@
+"""DPO recipe: policy = the upstream SFT adapter (trainable) on the base -> preference pairs ->
+trl DPOTrainer -> adapter + held-out implicit-reward metrics.
+
+The reference is the same base with a frozen copy of the starting adapter: trl adds it to the
+PeftModel as a second adapter named "ref" and switches to it for reference log-probs, so no second
+copy of the base is loaded (or, with `precompute_ref_log_probs`, the reference is scored once up
+front). Without a `policy` upstream the adapter starts fresh and the reference equals the base.
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+from omegaconf import OmegaConf
+
+from alignlab.models import load_tokenizer
+from alignlab.stages.context import StageContext
+
+DATA_KIND = "preference"
+
+
+def build_trainer(ctx: StageContext):
+    from transformers import set_seed
+    from trl import DPOConfig, DPOTrainer
+
+    cfg, h = ctx.cfg, ctx.hparams
+    set_seed(h.seed)
+    tokenizer = load_tokenizer(cfg.model, ctx.model_cache)
+    model = ctx.policy_model("policy")
+    args = ctx.trainer_args(
+        DPOConfig,
+        beta=h.beta,
+        loss_type=list(h.loss_type),
+        loss_weights=OmegaConf.to_container(h.loss_weights) if h.loss_weights is not None else None,
+        label_smoothing=h.label_smoothing,
+        max_length=h.max_length,
+        precompute_ref_log_probs=h.precompute_ref_log_probs,
+        disable_dropout=h.disable_dropout,
+    )
+    train, held_out = ctx.datasets()
+    return DPOTrainer(
+        model=model,
+        ref_model=None,
+        args=args,
+        train_dataset=train,
+        eval_dataset=held_out,
+        processing_class=tokenizer,
+        callbacks=[ctx.tracker.callback()],
+    )
+
+
+def run(ctx: StageContext) -> Dict[str, float]:
+    # The frozen "ref" copy only serves training: the artifact keeps the policy adapter alone.
+    return ctx.fit(build_trainer(ctx), drop_adapters=("ref",))

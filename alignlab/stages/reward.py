@@ -1,0 +1,137 @@
+"""Reward-model recipe: score head on the base (+ LoRA, optionally started from the SFT adapter)
+-> preference pairs -> trl RewardTrainer -> adapter with its score head -> held-out accuracy,
+margins and a margin histogram.
+
+`init: sft` copies the SFT node's LoRA weights into the reward adapter (same base, same LoRA
+layout), so the transformer starts from the SFT policy and the score head starts fresh; the head
+is saved with the adapter (`modules_to_save`) and reloads to identical scores.
+`RewardScorer` is the batched `score(prompt, response)` the PPO stage and the judge call.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import torch
+
+from alignlab.models import add_adapter, load_adapter, load_base, load_tokenizer
+from alignlab.stages.context import StageContext
+
+DATA_KIND = "preference"
+MARGIN_PLOT = "reward_margins.png"
+
+
+class RewardScorer:
+    """Batched scalar rewards for (prompt messages, response text) pairs."""
+
+    def __init__(self, model, tokenizer, max_length: int = 512, batch_size: int = 8):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_artifact(cls, artifact_dir: str | Path, cfg, max_length: int = 512, batch_size: int = 8):
+        """Base with a score head + the reward node's adapter (frozen), as the pipeline saved it."""
+        tokenizer = load_tokenizer(cfg.model, cfg.paths.model_cache)
+        base = load_base(cfg.model, cfg.quant, cfg.paths.model_cache, head="score")
+        model = load_adapter(base, Path(artifact_dir) / "adapter", trainable=False)
+        return cls(model, tokenizer, max_length, batch_size)
+
+    def texts(self, prompts: Sequence[List[dict]], responses: Sequence[str]) -> List[str]:
+        return [
+            self.tokenizer.apply_chat_template(list(p) + [{"role": "assistant", "content": r}], tokenize=False)
+            for p, r in zip(prompts, responses)
+        ]
+
+    @torch.no_grad()
+    def score(self, prompts: Sequence[List[dict]], responses: Sequence[str]) -> torch.Tensor:
+        texts = self.texts(prompts, responses)
+        device = next(self.model.parameters()).device
+        out = []
+        for i in range(0, len(texts), self.batch_size):
+            batch = self.tokenizer(
+                texts[i:i + self.batch_size],
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                add_special_tokens=False,
+            ).to(device)
+            out.append(self.model(**batch).logits[:, 0].float().cpu())
+        return torch.cat(out) if out else torch.empty(0)
+
+    def margins(self, rows: Sequence[dict]) -> torch.Tensor:
+        """r(chosen) - r(rejected) for conversational preference rows."""
+        prompts = [r["prompt"] for r in rows]
+        chosen = self.score(prompts, [r["chosen"][-1]["content"] for r in rows])
+        rejected = self.score(prompts, [r["rejected"][-1]["content"] for r in rows])
+        return chosen - rejected
+
+
+def build_trainer(ctx: StageContext):
+    """Score-head model (fresh or SFT-initialised adapter), pairs and trl RewardTrainer."""
+    from transformers import set_seed
+    from trl import RewardConfig, RewardTrainer
+
+    cfg, h = ctx.cfg, ctx.hparams
+    set_seed(h.seed)
+    tokenizer = load_tokenizer(cfg.model, ctx.model_cache)
+    base = load_base(cfg.model, cfg.quant, ctx.model_cache, head="score")
+    init = ctx.upstream.get("init")
+    model = add_adapter(
+        base, cfg.peft, cfg.quant, head="score",
+        gradient_checkpointing=h.gradient_checkpointing,
+        init_from=init.adapter_dir if init is not None else None,
+    )
+    args = ctx.trainer_args(
+        RewardConfig,
+        max_length=h.max_length,
+        center_rewards_coefficient=h.center_rewards_coefficient,
+        disable_dropout=h.disable_dropout,
+    )
+    train, held_out = ctx.datasets()
+    return RewardTrainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=held_out,
+        processing_class=tokenizer,
+        callbacks=[ctx.tracker.callback()],
+    )
+
+
+def run(ctx: StageContext) -> Dict[str, float]:
+    trainer = build_trainer(ctx)
+    metrics = ctx.fit(trainer)
+    if ctx.data.eval:
+        h = ctx.hparams
+        scorer = RewardScorer(trainer.model, trainer.processing_class, h.max_length, h.score_batch_size)
+        margins = scorer.margins(ctx.data.eval)
+        held_out = {
+            "heldout_accuracy": (margins > 0).float().mean().item(),
+            "heldout_mean_margin": margins.mean().item(),
+            "heldout_pairs": len(margins),
+        }
+        metrics.update(held_out)
+        ctx.tracker.log(held_out, step=metrics["train_steps"])
+        plot_margins(margins, ctx.work_dir / MARGIN_PLOT, ctx.node)
+    return metrics
+
+
+def plot_margins(margins: torch.Tensor, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist(margins.numpy(), bins=30, color="#4C72B0")
+    ax.axvline(0.0, color="black", linewidth=1)
+    ax.set_xlabel("reward(chosen) - reward(rejected)")
+    ax.set_ylabel("pairs")
+    acc = (margins > 0).float().mean().item()
+    ax.set_title(f"{title}: held-out margins (accuracy {acc:.2f}, n={len(margins)})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,114 @@
+"""Reward-model and DPO stages on the tiny model, chained from an SFT node."""
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from alignlab.stages import dpo, reward, sft
+from alignlab.stages.context import Artifact
+from conftest import TINY_PREFERENCE, TINY_SFT
+
+PIPELINE = ("pipeline=sft_rm_dpo", *TINY_SFT, *TINY_PREFERENCE)
+
+
+@pytest.fixture
+def sft_artifact(compose, stage_context):
+    ctx = stage_context(compose(*PIPELINE), "sft")
+    metrics = sft.run(ctx)
+    return Artifact("sft", "sft", "k", ctx.work_dir, metrics)
+
+
+def _lora_weights(adapter_dir):
+    return {k: v for k, v in load_file(str(adapter_dir / "adapter_model.safetensors")).items() if ".lora_" in k}
+
+
+def test_reward_model_starts_from_sft_adapter_trains_and_reloads_identically(compose, stage_context, sft_artifact):
+    cfg = compose(*PIPELINE)
+    ctx = stage_context(cfg, "rm", upstream={"init": sft_artifact})
+    trainer = reward.build_trainer(ctx)
+    model = trainer.model
+    params = dict(model.named_parameters())
+    sft_weights = _lora_weights(sft_artifact.adapter_dir)
+    for key, value in sft_weights.items():  # init: sft copies every LoRA weight
+        name = key.replace(".weight", ".default.weight")
+        assert torch.equal(params[name].detach(), value), name
+    score_head = [n for n, p in params.items() if "score" in n and p.requires_grad]
+    assert score_head, "score head must be trainable (modules_to_save)"
+    before = {n: p.detach().clone() for n, p in params.items() if p.requires_grad}
+
+    trainer.train()
+    for name, old in before.items():
+        assert not torch.equal(old, params[name]), f"{name} did not change"
+
+    scorer = reward.RewardScorer(model, trainer.processing_class, max_length=128)
+    rows = ctx.data.eval
+    prompts = [r["prompt"] for r in rows]
+    responses = [r["chosen"][-1]["content"] for r in rows]
+    expected = scorer.score(prompts, responses)
+    trainer.save_model(str(ctx.work_dir / "adapter"))
+    reloaded = reward.RewardScorer.from_artifact(ctx.work_dir, cfg, max_length=128)
+    torch.testing.assert_close(reloaded.score(prompts, responses), expected, rtol=0, atol=1e-6)
+
+
+def test_reward_run_reports_held_out_accuracy_and_margin_plot(compose, stage_context):
+    ctx = stage_context(compose(*PIPELINE), "rm")
+    metrics = reward.run(ctx)
+    assert metrics["heldout_pairs"] == len(ctx.data.eval) > 0
+    assert 0.0 <= metrics["heldout_accuracy"] <= 1.0
+    assert "eval_accuracy" in metrics and "heldout_mean_margin" in metrics
+    png = ctx.work_dir / reward.MARGIN_PLOT
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_dpo_continues_sft_adapter_with_frozen_reference_on_one_base(compose, stage_context, sft_artifact, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    loads = []
+    real = AutoModelForCausalLM.from_pretrained.__func__
+
+    def counting(cls, *args, **kwargs):
+        loads.append(args[0])
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", classmethod(counting))
+    ctx = stage_context(compose(*PIPELINE), "dpo", upstream={"policy": sft_artifact})
+    trainer = dpo.build_trainer(ctx)
+    assert len(loads) == 1, f"base loaded {len(loads)} times"
+    assert trainer.ref_model is None
+    model = trainer.model
+    assert set(model.peft_config) == {"default", "ref"}
+
+    params = dict(model.named_parameters())
+    sft_weights = _lora_weights(sft_artifact.adapter_dir)
+    for key, value in sft_weights.items():
+        assert torch.equal(params[key.replace(".weight", ".default.weight")].detach(), value)
+    policy_before = {n: p.detach().clone() for n, p in params.items() if ".default." in n}
+    ref_before = {n: p.detach().clone() for n, p in params.items() if ".ref." in n}
+    ids = torch.tensor([[1, 504, 3101, 2, 15]])
+
+    def ref_logits():
+        model.set_adapter("ref")
+        model.eval()
+        with torch.no_grad():
+            out = model(input_ids=ids).logits
+        model.set_adapter("default")
+        return out
+
+    ref_out = ref_logits()
+    trainer.train()
+
+    assert all(not torch.equal(v, params[n]) for n, v in policy_before.items())
+    assert all(torch.equal(v, params[n]) for n, v in ref_before.items())
+    torch.testing.assert_close(ref_logits(), ref_out, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "hinge", "robust"])
+def test_dpo_loss_types_train(compose, stage_context, loss_type):
+    extra = ["stage.dpo.label_smoothing=0.1"] if loss_type == "robust" else []
+    ctx = stage_context(compose(*PIPELINE, f"stage.dpo.loss_type=[{loss_type}]", "stage.dpo.max_steps=2", *extra), "dpo")
+    metrics = dpo.run(ctx)
+    assert metrics["train_steps"] == 2 and torch.isfinite(torch.tensor(metrics["train_loss"]))
+    for key in ("eval_rewards/accuracies", "eval_rewards/margins", "eval_logps/chosen", "eval_logps/rejected"):
+        assert key in metrics, key
+    assert not (ctx.work_dir / "adapter" / "ref").exists()
