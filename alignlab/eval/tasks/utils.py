@@ -32,7 +32,8 @@ def _csv_text_columns(path: Path) -> datasets.Features:
     """Read every CSV cell as the text it is (no numeric or NA guessing by pandas)."""
     with path.open(newline="", encoding="utf-8") as handle:
         header = next(csv.reader(handle))
-    return datasets.Features({name or "Unnamed: 0": datasets.Value("string") for name in header})
+    names = [name or f"Unnamed: {i}" for i, name in enumerate(header)]  # pandas' names for blank headers
+    return datasets.Features({name: datasets.Value("string") for name in names})
 
 
 def load_mirror(data_files: dict, label_files: dict | None = None, data_home: str | None = None, **_):
@@ -83,8 +84,8 @@ def openbookqa_docs(dataset: datasets.Dataset) -> datasets.Dataset:
 
 
 def boolq_docs(dataset: datasets.Dataset) -> datasets.Dataset:
-    """SuperGLUE's boolean label -> 0 (no) / 1 (yes)."""
-    return dataset.map(lambda doc: {"label": int(doc["label"])})
+    """The mirror's label, the string "true" / "false" -> 1 (yes) / 0 (no)."""
+    return dataset.map(lambda doc: {"label": {"false": 0, "true": 1}[doc["label"]]})
 
 
 def mmlu_docs(dataset: datasets.Dataset) -> datasets.Dataset:

@@ -1,0 +1,20 @@
+"""Catastrophic-forgetting checks: bundled lm-eval tasks on the local benchmark mirror.
+
+`evaluate_model` runs lm-eval on an in-memory model and returns {task: {metric: value}};
+`deltas` tabulates a node's scores against the base and its parent; `check_gate` flags
+(or, in fail mode, stops on) drops larger than the configured percentage points.
+"""
+from alignlab.eval.config import ForgettingConfig
+from alignlab.eval.forgetting import TASKS_DIR, compact_scores, evaluate_model, mmlu_subjects
+from alignlab.eval.gate import ForgettingGateError, check_gate, deltas
+
+__all__ = [
+    "ForgettingConfig",
+    "ForgettingGateError",
+    "TASKS_DIR",
+    "check_gate",
+    "compact_scores",
+    "deltas",
+    "evaluate_model",
+    "mmlu_subjects",
+]

@@ -1,0 +1,28 @@
+"""Structured config of the `eval` Hydra group (conf/eval): forgetting checks with lm-eval."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+
+@dataclass
+class ForgettingConfig:
+    """Benchmarks run on each node's model and compared with the base and the parent node.
+
+    `tasks` are bundled mirror tasks (`alignlab_*`, see alignlab/eval/tasks) or any task, group
+    or tag lm-eval knows (those read the Hugging Face hub). `max_drop` maps a task to the largest
+    allowed drop in absolute percentage points (acc 0.55 -> 0.50 is 5 points); key `default`
+    covers tasks not listed. `gate`: warn (log violations) or fail (stop the pipeline).
+    """
+
+    enabled: bool = True
+    tasks: List[str] = field(default_factory=lambda: ["alignlab_arc_easy", "alignlab_piqa"])
+    limit: Optional[int] = None  # items per task; None: all
+    num_fewshot: Optional[int] = None  # None: each task's default (gsm8k 5, others 0)
+    batch_size: int = 8
+    seed: int = 1234  # python, numpy, torch and few-shot sampling seeds
+    bootstrap_iters: int = 1000  # for stderrs that need bootstrapping; 0 disables stderrs
+    mmlu_subjects: List[str] = field(default_factory=list)  # subjects of alignlab_mmlu; empty: all 57
+    include_paths: List[str] = field(default_factory=list)  # extra lm-eval task directories
+    max_drop: Dict[str, float] = field(default_factory=lambda: {"default": 5.0})
+    gate: str = "warn"  # warn | fail
