@@ -2,7 +2,7 @@
 
 Config groups mirror the package: conf/model, conf/quant, conf/peft -> alignlab.models;
 conf/data -> alignlab.data; conf/stage -> alignlab.stages; conf/pipeline -> alignlab.pipeline;
-conf/logger -> alignlab.tracking; conf/paths -> here.
+conf/eval -> alignlab.eval; conf/logger -> alignlab.tracking; conf/paths -> here.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 
 from alignlab.data.config import DataConfig
+from alignlab.eval.config import ForgettingConfig
 from alignlab.models.config import ModelConfig, PeftConfig, QuantConfig
 from alignlab.stages.config import StageGroupConfig
 
@@ -61,6 +62,7 @@ class RootConfig:
     data: Dict[str, DataConfig] = field(default_factory=dict)
     stage: StageGroupConfig = field(default_factory=StageGroupConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    eval: ForgettingConfig = field(default_factory=ForgettingConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
 

@@ -16,15 +16,17 @@ import shutil
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
 from alignlab.data import load_data
 from alignlab.errors import ConfigError
+from alignlab.eval.checks import GENERATIVE_STAGES, ForgettingChecks
 from alignlab.stages import STAGE_MODULES, UPSTREAM, stage_module
-from alignlab.stages.context import Artifact, StageContext
+from alignlab.models import torch_dtype
+from alignlab.stages.context import Artifact, StageContext, mixed_precision
 from alignlab.tracking import NodeTracker, redact
 
 log = logging.getLogger("alignlab.pipeline")
@@ -79,15 +81,24 @@ def plan(nodes: DictConfig) -> List[str]:
     return order
 
 
+# Settings that cannot change a node's weights stay out of its key.
+NOT_IN_KEY = {"logging_steps", "save_steps", "eval_steps", "per_device_eval_batch_size", "score_batch_size"}
+
+
 def node_key(cfg: DictConfig, node: DictConfig, data_fingerprint: str, upstream: Dict[str, Artifact]) -> str:
+    """SHA-256 of everything that determines the node's weights, with `auto` settings resolved."""
+    hparams = {k: v for k, v in OmegaConf.to_container(cfg.stage[node.stage], resolve=True).items() if k not in NOT_IN_KEY}
+    hparams["mixed_precision"] = mixed_precision(hparams["mixed_precision"])
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    model["dtype"] = str(torch_dtype(cfg.model))
+    model.pop("device_map")
     payload = {
         "version": CACHE_VERSION,
         "stage": node.stage,
-        "hparams": OmegaConf.to_container(cfg.stage[node.stage], resolve=True),
-        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "hparams": hparams,
+        "model": model,
         "quant": OmegaConf.to_container(cfg.quant, resolve=True),
         "peft": OmegaConf.to_container(cfg.peft, resolve=True),
-        "seed": cfg.seed,
         "data": data_fingerprint,
         "upstream": {role: art.key for role, art in sorted(upstream.items())},
     }
@@ -124,9 +135,17 @@ class Pipeline:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         artifacts: Dict[str, Artifact] = {}
+        checks = None
         try:
+            if self.cfg.eval.enabled:
+                checks = ForgettingChecks(self.cfg, self.cache_dir, self.data_home)
+                self.summary["forgetting"] = checks.section
+                checks.base()
             for name in order:
                 artifacts[name] = self._run_node(name, artifacts)
+                if checks is not None and self.cfg.pipeline.nodes[name].stage in GENERATIVE_STAGES:
+                    self._write_summary()
+                    checks.node(name, artifacts[name], self._generative_parent(name))
             self.summary["status"] = "ok"
         except BaseException as err:
             self.summary["status"] = "failed"
@@ -136,6 +155,14 @@ class Pipeline:
             self.summary["finished"] = datetime.now(timezone.utc).isoformat()
             self._write_summary()
         return self.summary
+
+    def _generative_parent(self, name: str) -> Optional[str]:
+        node = self.cfg.pipeline.nodes[name]
+        for role in ("policy", "init"):
+            up = node.get(role)
+            if up is not None and self.cfg.pipeline.nodes[up].stage in GENERATIVE_STAGES:
+                return up
+        return None
 
     def _write_summary(self) -> None:
         tmp = self.run_dir / "summary.json.tmp"

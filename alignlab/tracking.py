@@ -13,7 +13,9 @@ from typing import Any, Dict, Optional
 
 from transformers import TrainerCallback
 
-_SECRET = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential)", re.IGNORECASE)
+_SECRET = re.compile(
+    r"(api[_-]?key|secret|password|passwd|credential|auth|^token$|access[_-]?token|hub[_-]?token)", re.IGNORECASE
+)
 REDACTED = "***"
 
 

@@ -25,6 +25,8 @@ def mirror_dir() -> Path | None:
 @pytest.fixture(scope="session")
 def data_home() -> Path:
     path = mirror_dir()
+    if path is None and os.environ.get("CI"):
+        pytest.fail("data mirror not found in CI: set ALIGNLAB_DATA_HOME")
     if path is None:
         pytest.skip("data mirror not found: set ALIGNLAB_DATA_HOME or place it at ../shared/data")
     return path
@@ -71,6 +73,7 @@ def alignlab_env(data_home: Path, model_cache: str) -> dict:
 TINY_SFT = (
     "model=tiny",
     "logger=none",
+    "eval=none",
     "data.sft.max_train_rows=32",
     "data.sft.max_eval_rows=4",
     "data.sft.max_chars=800",

@@ -1,6 +1,9 @@
 """Config validation at compose time and pipeline planning."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import subprocess
 
 import pytest
@@ -9,15 +12,14 @@ from omegaconf import OmegaConf
 
 from alignlab.errors import ConfigError
 from alignlab.pipeline import plan
-from conftest import REPO
 
-ALIGNLAB = str(REPO / ".venv" / "bin" / "alignlab")
+ALIGNLAB = str(Path(sys.executable).parent / "alignlab")  # the console script of this venv
 
 
 def test_default_composes_to_quickstart(compose):
     cfg = compose()
     assert cfg.name == "quickstart"
-    assert list(cfg.pipeline.nodes) == ["sft"]
+    assert list(cfg.pipeline.nodes) == ["sft", "rm", "dpo"]
     assert cfg.model.name_or_path == "embedded:smollm2-135m-instruct"
     assert cfg.data.sft.exclude.dataset == ["vicuna"]
 
@@ -73,6 +75,10 @@ def test_plan_rejects_unknown_upstream_unknown_stage_and_cycles(compose):
     with pytest.raises(ConfigError, match=r"pipeline.nodes.b.init: unknown upstream node 'ghost'"):
         plan(_nodes(b={"stage": "sft", "init": "ghost"}))
     with pytest.raises(ConfigError, match="cycle: a -> b -> a"):
-        plan(_nodes(a={"stage": "sft", "init": "b"}, b={"stage": "sft", "policy": "a"}))
+        plan(_nodes(a={"stage": "sft", "init": "b"}, b={"stage": "sft", "init": "a"}))
+    with pytest.raises(ConfigError, match="a sft node takes no 'policy' upstream"):
+        plan(_nodes(a={"stage": "sft"}, b={"stage": "sft", "policy": "a"}))
+    with pytest.raises(ConfigError, match="'a' is a dpo node; a reward init must be one of: sft"):
+        plan(_nodes(a={"stage": "dpo"}, b={"stage": "reward", "init": "a"}))
     with pytest.raises(ConfigError, match="unknown stage 'rlhf'"):
         plan(compose("pipeline.nodes.sft.stage=rlhf").pipeline.nodes)

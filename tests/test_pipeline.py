@@ -1,6 +1,8 @@
 """Pipeline runner: content-addressed cache, completion marker, resume, summary.json."""
 from __future__ import annotations
 
+import sys
+
 import json
 import os
 import signal
@@ -8,10 +10,13 @@ import subprocess
 import time
 from pathlib import Path
 
-from alignlab.pipeline import COMPLETE, run
-from conftest import REPO, TINY_SFT, alignlab_env
+import pytest
 
-ALIGNLAB = str(REPO / ".venv" / "bin" / "alignlab")
+from alignlab.eval import ForgettingGateError
+from alignlab.pipeline import COMPLETE, run
+from conftest import TINY_SFT, alignlab_env
+
+ALIGNLAB = str(Path(sys.executable).parent / "alignlab")  # the console script of this venv
 
 
 def test_cache_reuses_finished_node_and_keys_on_config_and_data(compose, tmp_path):
@@ -67,3 +72,26 @@ def test_killed_node_resumes_from_its_last_checkpoint(data_home, model_cache, tm
     assert node["metrics"]["resumed_from_step"] >= 3
     assert node["metrics"]["train_steps"] == 30
     assert not Path(node["artifact"], "checkpoints").exists()
+
+
+TINY_EVAL = ("eval=forgetting_quick", "eval.tasks=[alignlab_piqa]", "eval.limit=4", "eval.bootstrap_iters=0")
+
+
+def test_forgetting_checks_base_and_node_into_summary(compose, tmp_path):
+    summary = run(compose(*TINY_SFT, *TINY_EVAL, "stage.sft.max_steps=2"))
+    section = summary["forgetting"]
+    assert section["tasks"] == ["alignlab_piqa"] and 0.0 <= section["base"]["alignlab_piqa"]["acc"] <= 1.0
+    node = section["nodes"]["sft"]
+    row = next(r for r in node["deltas"] if r["metric"] == "acc")
+    assert row["vs_base"] == pytest.approx(100 * (row["node"] - row["base"]))
+    assert list((tmp_path / "cache" / "forgetting").glob("*.json"))  # lm-eval results JSON, cached
+
+
+def test_forgetting_gate_fails_the_pipeline_naming_node_and_task(compose, tmp_path):
+    # max_drop -100 points: any score counts as a drop beyond the limit (a synthetic regression)
+    cfg = compose(*TINY_SFT, *TINY_EVAL, "stage.sft.max_steps=2", "eval.gate=fail", "eval.max_drop={default: -100}")
+    with pytest.raises(ForgettingGateError, match=r"node 'sft' forgot on alignlab_piqa: acc"):
+        run(cfg)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["nodes"]["sft"]["status"] == "trained"
+    assert summary["forgetting"]["nodes"]["sft"]["scores"]["alignlab_piqa"]

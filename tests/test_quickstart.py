@@ -1,14 +1,16 @@
 """Integration: the quickstart experiment's SFT node on the embedded SmolLM2, tracked in W&B offline."""
 from __future__ import annotations
 
+import sys
+
 import json
 import subprocess
 from pathlib import Path
 
-from conftest import REPO, alignlab_env
+from conftest import alignlab_env
 from wandb_records import records
 
-ALIGNLAB = str(REPO / ".venv" / "bin" / "alignlab")
+ALIGNLAB = str(Path(sys.executable).parent / "alignlab")  # the console script of this venv
 
 
 def _history_keys(record) -> set:
@@ -19,11 +21,13 @@ def test_quickstart_sft_node_with_wandb_offline(data_home, model_cache, tmp_path
     run_dir = tmp_path / "run"
     cmd = [
         ALIGNLAB,
+        "pipeline=sft",
         "stage.sft.max_steps=3",
         "stage.sft.logging_steps=1",
         "data.sft.max_train_rows=24",
         "data.sft.max_eval_rows=4",
         "stage.sft.max_length=256",
+        "eval.limit=10",
         f"paths.cache_dir={tmp_path / 'cache'}",
         f"hydra.run.dir={run_dir}",
     ]
@@ -37,6 +41,10 @@ def test_quickstart_sft_node_with_wandb_offline(data_home, model_cache, tmp_path
     assert node["data"]["train"] == 24
     assert Path(node["artifact"], "adapter", "adapter_model.safetensors").is_file()
     assert (Path(node["artifact"]) / "metrics.jsonl").is_file()
+
+    forgetting = summary["forgetting"]
+    assert set(forgetting["base"]) == set(forgetting["tasks"]) == set(forgetting["nodes"]["sft"]["scores"])
+    assert all(0.0 <= s["acc"] <= 1.0 for s in forgetting["base"].values())
 
     run_files = list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
     assert len(run_files) == 1

@@ -37,24 +37,33 @@ def test_sft_masks_loss_to_assistant_tokens(compose, stage_context):
     assert trained == messages[-1]["content"] + "<|im_end|>"
 
 
-def test_sft_run_saves_adapter_that_reproduces_logits(compose, stage_context):
-    cfg = compose(*TINY_SFT)
-    ctx = stage_context(cfg)
+def test_sft_run_logs_metrics_and_saves_adapter(compose, stage_context):
+    ctx = stage_context(compose(*TINY_SFT))
     metrics = sft.run(ctx)
-    assert metrics["train_steps"] == 4 and "eval_loss" in metrics
+    assert metrics["train_steps"] == 4 and "eval_loss" in metrics and metrics["train_loss"] > 0
     logged = [json.loads(line) for line in (ctx.work_dir / "metrics.jsonl").read_text().splitlines()]
     assert any("loss" in r for r in logged) and any("eval_loss" in r for r in logged)
+    assert (ctx.work_dir / "adapter" / "adapter_model.safetensors").is_file()
+    assert (ctx.work_dir / "adapter" / "tokenizer.json").is_file()
 
-    tokenizer = load_tokenizer(cfg.model, cfg.paths.model_cache)
-    reloaded = load_adapter(load_base(cfg.model, cfg.quant, cfg.paths.model_cache), ctx.work_dir / "adapter", trainable=False)
-    base = load_base(cfg.model, cfg.quant, cfg.paths.model_cache)
-    ids = tokenizer("Tell me a joke.", return_tensors="pt")["input_ids"]
+
+def test_saved_adapter_reloads_to_the_trained_models_logits(compose, stage_context):
+    cfg = compose(*TINY_SFT)
+    ctx = stage_context(cfg)
+    trainer = sft.build_trainer(ctx)
+    trainer.train()
+    trained = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False).eval()
+    ids = load_tokenizer(cfg.model, cfg.paths.model_cache)("Tell me a joke.", return_tensors="pt")["input_ids"]
     with torch.no_grad():
-        tuned = reloaded(input_ids=ids).logits
+        expected = trained(input_ids=ids).logits
+    trainer.save_model(str(ctx.work_dir / "adapter"))
+
+    base = load_base(cfg.model, cfg.quant, cfg.paths.model_cache)
+    with torch.no_grad():
         plain = base(input_ids=ids).logits
-        again = load_adapter(load_base(cfg.model, cfg.quant, cfg.paths.model_cache), ctx.work_dir / "adapter", trainable=False)(input_ids=ids).logits
-    assert not torch.allclose(tuned, plain)  # the adapter does something
-    torch.testing.assert_close(again, tuned)  # and reloads to the same logits
+        reloaded = load_adapter(base, ctx.work_dir / "adapter", trainable=False)(input_ids=ids).logits
+    assert not torch.allclose(expected, plain)  # the adapter does something
+    torch.testing.assert_close(reloaded, expected, rtol=0, atol=1e-6)
 
 
 def test_qlora_sft_trains_4bit_on_cpu(compose, stage_context):
@@ -66,3 +75,17 @@ def test_qlora_sft_trains_4bit_on_cpu(compose, stage_context):
     lora_b = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_B" in n}
     trainer.train()
     assert all(not torch.equal(v, trainer.model.get_parameter(n)) for n, v in lora_b.items())
+
+
+def test_merge_export_writes_a_standalone_model_with_the_adapter_folded_in(compose, stage_context):
+    from transformers import AutoModelForCausalLM
+
+    cfg = compose(*TINY_SFT, "stage.sft.max_steps=2", "stage.sft.merge_export=true")
+    ctx = stage_context(cfg)
+    sft.run(ctx)
+    merged = AutoModelForCausalLM.from_pretrained(ctx.work_dir / "merged")
+    adapted = load_adapter(load_base(cfg.model, cfg.quant, cfg.paths.model_cache), ctx.work_dir / "adapter", trainable=False)
+    ids = torch.tensor([[1, 504, 3101, 2]])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).logits, adapted(input_ids=ids).logits, rtol=1e-4, atol=1e-4)
+    assert not any("lora" in n for n, _ in merged.named_parameters())

@@ -13,7 +13,7 @@ STAGE_MODULES = {
 # Which upstream roles each stage accepts, and which stage kinds may fill them.
 UPSTREAM = {
     "sft": {"init": ("sft",)},
-    "reward": {"init": ("sft", "reward")},
+    "reward": {"init": ("sft",)},
     "dpo": {"policy": ("sft", "dpo")},
 }
 

@@ -20,6 +20,7 @@ class TrainerConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     optim: str = "adamw_torch"
+    mixed_precision: str = "auto"  # auto (bf16 where the GPU/CPU computes it natively) | no | bf16 | fp16
     gradient_checkpointing: bool = False
     logging_steps: int = 5
     eval_steps: Optional[int] = None  # None: evaluate once at the end only

@@ -5,10 +5,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+import json
+
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from alignlab.errors import ConfigError
 from alignlab.tracking import NodeTracker
+
+
+def mixed_precision(setting: str) -> str:
+    """Resolve `auto` to bf16 autocast where it is native (bf16 GPUs, AVX512-BF16/AMX CPUs), else no."""
+    if setting != "auto":
+        if setting not in ("no", "bf16", "fp16"):
+            raise ConfigError(f"stage mixed_precision '{setting}' is not one of auto, no, bf16, fp16")
+        return setting
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
 
 
 @dataclass
@@ -24,6 +38,15 @@ class Artifact:
     @property
     def adapter_dir(self) -> Path:
         return self.path / "adapter"
+
+    @property
+    def full_model_dir(self) -> Path:
+        """Present instead of adapter/ when the node was fully fine-tuned (peft=none)."""
+        return self.path / "model"
+
+    def model_config(self, base_cfg):
+        """The model group pointed at this node's full model directory."""
+        return OmegaConf.merge(base_cfg, {"name_or_path": str(self.full_model_dir)})
 
 
 @dataclass
@@ -60,16 +83,30 @@ class StageContext:
         from alignlab.models import add_adapter, load_adapter, load_base
 
         cfg = self.cfg
+        upstream = self.upstream.get(role)
+        if upstream is not None and upstream.full_model_dir.is_dir():  # upstream was fully fine-tuned
+            return load_base(upstream.model_config(cfg.model), cfg.quant, self.model_cache)
         model = load_base(cfg.model, cfg.quant, self.model_cache)
-        if role in self.upstream:
-            return load_adapter(model, self.upstream[role].adapter_dir, trainable=True)
+        if upstream is not None:
+            return load_adapter(model, upstream.adapter_dir, trainable=True)
         return add_adapter(model, cfg.peft, cfg.quant, gradient_checkpointing=self.hparams.gradient_checkpointing)
 
-    def datasets(self):
-        """The node's train and held-out rows as `datasets.Dataset`s (eval is None when empty)."""
+    def trainer(self, trainer_cls, model, args, held_out: bool = True, **kwargs):
+        """A trl trainer over this node's rows, tokenizer and tracking callback."""
         from datasets import Dataset
 
-        return Dataset.from_list(self.data.train), (Dataset.from_list(self.data.eval) if self.data.eval else None)
+        from alignlab.models import load_tokenizer
+
+        evaluate = held_out and bool(self.data.eval)
+        return trainer_cls(
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_list(self.data.train),
+            eval_dataset=Dataset.from_list(self.data.eval) if evaluate else None,
+            processing_class=load_tokenizer(self.cfg.model, self.model_cache),
+            callbacks=[self.tracker.callback()],
+            **kwargs,
+        )
 
     def fit(self, trainer, drop_adapters: tuple = ()) -> Dict[str, Any]:
         """Train (resuming from the newest checkpoint), evaluate the held-out split, save the adapter.
@@ -83,6 +120,13 @@ class StageContext:
             "train_steps": result.global_step,
             "resumed_from_step": self.checkpoint_step(checkpoint),
         }
+        # Killed after the last step but before publishing: the rerun trains 0 steps, so the
+        # training result recorded by the first attempt is the true one.
+        recorded = self.work_dir / "train_result.json"
+        if recorded.is_file() and result.global_step == metrics["resumed_from_step"]:
+            metrics = {**json.loads(recorded.read_text()), "resumed_from_step": metrics["resumed_from_step"]}
+        else:
+            recorded.write_text(json.dumps(metrics))
         if trainer.eval_dataset is not None:
             metrics.update(trainer.evaluate())
         for name in drop_adapters:
@@ -101,12 +145,16 @@ class StageContext:
     def checkpoint_step(checkpoint: Optional[str]) -> int:
         return int(Path(checkpoint).name.rsplit("-", 1)[1]) if checkpoint else 0
 
-    def trainer_args(self, config_cls, **stage_specific):
-        """Build a trl/transformers config from the shared TrainerConfig fields plus stage fields."""
+    def trainer_args(self, config_cls, held_out: bool = True, **stage_specific):
+        """Build a trl/transformers config from the shared TrainerConfig fields plus stage fields.
+
+        `held_out=False`: the trainer gets no eval split (the stage evaluates on its own).
+        """
         h = OmegaConf.to_container(self.hparams, resolve=True)
         extra = h.pop("extra", {}) or {}
-        has_eval = bool(self.data.eval)
+        has_eval = held_out and bool(self.data.eval)
         on_cuda = torch.cuda.is_available()
+        precision = mixed_precision(h["mixed_precision"])
         common = dict(
             output_dir=str(self.checkpoint_dir),
             learning_rate=h["learning_rate"],
@@ -131,7 +179,8 @@ class StageContext:
             data_seed=h["seed"],
             report_to="none",
             use_cpu=not on_cuda,
-            bf16=on_cuda and torch.cuda.is_bf16_supported() and self.cfg.model.dtype in ("auto", "bfloat16"),
+            bf16=precision == "bf16",
+            fp16=precision == "fp16",
             dataloader_num_workers=0,
             remove_unused_columns=True,
         )

@@ -12,7 +12,6 @@ from typing import Dict
 
 from omegaconf import OmegaConf
 
-from alignlab.models import load_tokenizer
 from alignlab.stages.context import StageContext
 
 DATA_KIND = "preference"
@@ -22,9 +21,8 @@ def build_trainer(ctx: StageContext):
     from transformers import set_seed
     from trl import DPOConfig, DPOTrainer
 
-    cfg, h = ctx.cfg, ctx.hparams
+    h = ctx.hparams
     set_seed(h.seed)
-    tokenizer = load_tokenizer(cfg.model, ctx.model_cache)
     model = ctx.policy_model("policy")
     args = ctx.trainer_args(
         DPOConfig,
@@ -36,16 +34,7 @@ def build_trainer(ctx: StageContext):
         precompute_ref_log_probs=h.precompute_ref_log_probs,
         disable_dropout=h.disable_dropout,
     )
-    train, held_out = ctx.datasets()
-    return DPOTrainer(
-        model=model,
-        ref_model=None,
-        args=args,
-        train_dataset=train,
-        eval_dataset=held_out,
-        processing_class=tokenizer,
-        callbacks=[ctx.tracker.callback()],
-    )
+    return ctx.trainer(DPOTrainer, model, args, ref_model=None)
 
 
 def run(ctx: StageContext) -> Dict[str, float]:

@@ -27,6 +27,7 @@ class RewardScorer:
     def __init__(self, model, tokenizer, max_length: int = 512, batch_size: int = 8):
         self.model = model.eval()
         self.tokenizer = tokenizer
+        self.tokenizer.truncation_side = "left"  # over-long texts keep their response end, where the score is read
         self.max_length = max_length
         self.batch_size = batch_size
 
@@ -76,7 +77,6 @@ def build_trainer(ctx: StageContext):
 
     cfg, h = ctx.cfg, ctx.hparams
     set_seed(h.seed)
-    tokenizer = load_tokenizer(cfg.model, ctx.model_cache)
     base = load_base(cfg.model, cfg.quant, ctx.model_cache, head="score")
     init = ctx.upstream.get("init")
     model = add_adapter(
@@ -86,19 +86,13 @@ def build_trainer(ctx: StageContext):
     )
     args = ctx.trainer_args(
         RewardConfig,
+        held_out=False,
         max_length=h.max_length,
         center_rewards_coefficient=h.center_rewards_coefficient,
         disable_dropout=h.disable_dropout,
     )
-    train, held_out = ctx.datasets()
-    return RewardTrainer(
-        model=model,
-        args=args,
-        train_dataset=train,
-        eval_dataset=held_out,
-        processing_class=tokenizer,
-        callbacks=[ctx.tracker.callback()],
-    )
+    # held-out pairs are scored once, by `evaluate` below, not by the trainer
+    return ctx.trainer(RewardTrainer, model, args, held_out=False)
 
 
 def run(ctx: StageContext) -> Dict[str, float]:
@@ -106,17 +100,28 @@ def run(ctx: StageContext) -> Dict[str, float]:
     metrics = ctx.fit(trainer)
     if ctx.data.eval:
         h = ctx.hparams
-        scorer = RewardScorer(trainer.model, trainer.processing_class, h.max_length, h.score_batch_size)
-        margins = scorer.margins(ctx.data.eval)
-        held_out = {
-            "heldout_accuracy": (margins > 0).float().mean().item(),
-            "heldout_mean_margin": margins.mean().item(),
-            "heldout_pairs": len(margins),
-        }
+        scorer = RewardScorer(plain_model(trainer), trainer.processing_class, h.max_length, h.score_batch_size)
+        held_out = evaluate(scorer, ctx.data.eval, ctx.work_dir / MARGIN_PLOT, ctx.node)
         metrics.update(held_out)
         ctx.tracker.log(held_out, step=metrics["train_steps"])
-        plot_margins(margins, ctx.work_dir / MARGIN_PLOT, ctx.node)
     return metrics
+
+
+def evaluate(scorer: RewardScorer, rows: Sequence[dict], plot_path: Path, title: str) -> Dict[str, float]:
+    """Pairwise accuracy and margins of held-out preference rows, with a margin histogram."""
+    margins = scorer.margins(rows)
+    plot_margins(margins, plot_path, title)
+    return {
+        "eval_accuracy": (margins > 0).float().mean().item(),
+        "eval_margin_mean": margins.mean().item(),
+        "eval_margin_std": margins.std().item() if len(margins) > 1 else 0.0,
+        "eval_pairs": len(margins),
+    }
+
+
+def plain_model(trainer):
+    """The trained model without accelerate's mixed-precision forward wrapper (scores as reloaded)."""
+    return trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
 
 
 def plot_margins(margins: torch.Tensor, path: Path, title: str) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from typing import Dict
 
-from alignlab.models import load_base, load_tokenizer
+from alignlab.models import load_base
 from alignlab.stages.context import StageContext
 
 DATA_KIND = "sft"
@@ -19,9 +19,8 @@ def build_trainer(ctx: StageContext):
     from transformers import set_seed
     from trl import SFTConfig, SFTTrainer
 
-    cfg, h = ctx.cfg, ctx.hparams
+    h = ctx.hparams
     set_seed(h.seed)
-    tokenizer = load_tokenizer(cfg.model, ctx.model_cache)
     model = ctx.policy_model("init")
 
     args = ctx.trainer_args(
@@ -31,15 +30,7 @@ def build_trainer(ctx: StageContext):
         packing=h.packing,
         dataset_num_proc=None,
     )
-    train, held_out = ctx.datasets()
-    return SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=train,
-        eval_dataset=held_out,
-        processing_class=tokenizer,
-        callbacks=[ctx.tracker.callback()],
-    )
+    return ctx.trainer(SFTTrainer, model, args)
 
 
 def run(ctx: StageContext) -> Dict[str, float]:
