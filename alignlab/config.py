@@ -2,7 +2,7 @@
 
 Config groups mirror the package: conf/model, conf/quant, conf/peft -> alignlab.models;
 conf/data -> alignlab.data; conf/stage -> alignlab.stages; conf/pipeline -> alignlab.pipeline;
-conf/eval -> alignlab.eval; conf/logger -> alignlab.tracking; conf/paths -> here.
+conf/eval, conf/judge -> alignlab.eval; conf/logger -> alignlab.tracking; conf/paths -> here.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from hydra.core.config_store import ConfigStore
 
 from alignlab.data.config import DataConfig
 from alignlab.eval.config import ForgettingConfig
+from alignlab.eval.judge.config import JudgeConfig
 from alignlab.models.config import ModelConfig, PeftConfig, QuantConfig
 from alignlab.stages.config import StageGroupConfig
 
@@ -63,6 +64,7 @@ class RootConfig:
     stage: StageGroupConfig = field(default_factory=StageGroupConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     eval: ForgettingConfig = field(default_factory=ForgettingConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
 

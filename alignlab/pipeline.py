@@ -24,10 +24,12 @@ from omegaconf import DictConfig, OmegaConf
 from alignlab.data import load_data
 from alignlab.errors import ConfigError
 from alignlab.eval.checks import GENERATIVE_STAGES, ForgettingChecks
+from alignlab.eval.judge.runner import BASE, JudgeChecks
+from alignlab.report import write_report
 from alignlab.stages import STAGE_MODULES, UPSTREAM, stage_module
 from alignlab.models import torch_dtype
-from alignlab.stages.context import Artifact, StageContext, mixed_precision
-from alignlab.tracking import NodeTracker, redact
+from alignlab.stages.context import Artifact, StageContext, load_inference, mixed_precision
+from alignlab.tracking import NodeTracker, log_comparison, redact
 
 log = logging.getLogger("alignlab.pipeline")
 
@@ -129,23 +131,29 @@ class Pipeline:
             "status": "running",
             "nodes": {},
         }
+        self.forgetting: Optional[ForgettingChecks] = None
+        self.judging: Optional[JudgeChecks] = None
 
     def run(self) -> Dict[str, Any]:
         order = plan(self.cfg.pipeline.nodes)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         artifacts: Dict[str, Artifact] = {}
-        checks = None
         try:
             if self.cfg.eval.enabled:
-                checks = ForgettingChecks(self.cfg, self.cache_dir, self.data_home)
-                self.summary["forgetting"] = checks.section
-                checks.base()
+                self.forgetting = ForgettingChecks(self.cfg, self.cache_dir, self.data_home)
+                self.summary["forgetting"] = self.forgetting.section
+            if self.cfg.judge.enabled:
+                self.judging = JudgeChecks(self.cfg, self.cache_dir, self.data_home, self.run_dir)
+                self.summary["judge"] = self.judging.section
+            self._evaluate(BASE, None)
             for name in order:
                 artifacts[name] = self._run_node(name, artifacts)
-                if checks is not None and self.cfg.pipeline.nodes[name].stage in GENERATIVE_STAGES:
+                if self.cfg.pipeline.nodes[name].stage in GENERATIVE_STAGES:
                     self._write_summary()
-                    checks.node(name, artifacts[name], self._generative_parent(name))
+                    self._evaluate(name, artifacts[name])
+            if self.judging is not None:
+                self.judging.judge()
             self.summary["status"] = "ok"
         except BaseException as err:
             self.summary["status"] = "failed"
@@ -154,7 +162,40 @@ class Pipeline:
         finally:
             self.summary["finished"] = datetime.now(timezone.utc).isoformat()
             self._write_summary()
+            self._report()
         return self.summary
+
+    def _evaluate(self, name: str, artifact: Optional[Artifact]) -> None:
+        """Forgetting checks and judged responses of the base (artifact None) or a generative node,
+        loading its model at most once and only when a result is not cached."""
+        loaded: List[Any] = []
+
+        def load():
+            if not loaded:
+                loaded.append(load_inference(self.cfg, artifact))
+            return loaded[0]
+
+        if artifact is None:
+            identity = {"model": OmegaConf.to_container(self.cfg.model, resolve=True),
+                        "quant": OmegaConf.to_container(self.cfg.quant, resolve=True)}
+        else:
+            identity = {"node_key": artifact.key}
+        parent = None if artifact is None else self._generative_parent(name)
+        if self.forgetting is not None:
+            if artifact is None:
+                self.forgetting.base(identity, load)
+            else:
+                self.forgetting.node(name, identity, load, parent)
+        if self.judging is not None:
+            self.judging.respond(name, identity, load, stage=artifact.stage if artifact else BASE, parent=parent)
+
+    def _report(self) -> None:
+        """report.md/report.html and the W&B compare run; a failure here never masks the run's own."""
+        try:
+            paths = write_report(self.summary, self.run_dir, self.cfg.judge.sample_responses)
+            log_comparison(self.cfg.logger, self.cfg.name, self.summary, paths)
+        except Exception:  # noqa: BLE001 - the run's outcome is already in summary.json
+            log.exception("could not write the report of %s", self.run_dir)
 
     def _generative_parent(self, name: str) -> Optional[str]:
         node = self.cfg.pipeline.nodes[name]

@@ -81,3 +81,50 @@ class NodeTracker:
                     tracker.log(logs, step=state.global_step)
 
         return _Forward()
+
+
+def comparison_tables(summary: Dict[str, Any]) -> Dict[str, tuple]:
+    """(columns, rows) of the forgetting and judge results, one row per (model, task, metric) / comparison."""
+    tables: Dict[str, tuple] = {}
+    forgetting = summary.get("forgetting") or {}
+    if forgetting.get("base"):
+        rows = []
+        models = {"base": (forgetting["base"], None), **{n: (v["scores"], v) for n, v in forgetting["nodes"].items()}}
+        for model, (scores, node) in models.items():
+            for task, metrics in scores.items():
+                for metric, value in metrics.items():
+                    if "_stderr" in metric:
+                        continue
+                    d = next((d for d in (node or {}).get("deltas", []) if d["task"] == task and d["metric"] == metric), {})
+                    rows.append([model, task, metric, value, metrics.get(f"{metric}_stderr"),
+                                 d.get("vs_base"), d.get("vs_parent")])
+        tables["forgetting"] = (["model", "task", "metric", "score", "stderr", "vs_base_points", "vs_parent_points"], rows)
+    judge = summary.get("judge") or {}
+    if judge.get("comparisons"):
+        rows = [[c["a"], c["b"], c["win"], c["tie"], c["loss"], c["unparseable"], c["win_rate"],
+                 c["win_rate_ci"][0], c["win_rate_ci"][1], c["consistency"]] for c in judge["comparisons"].values()]
+        tables["judge"] = (["a", "b", "win", "tie", "loss", "unparseable", "win_rate", "ci_low", "ci_high",
+                            "consistency"], rows)
+    return tables
+
+
+def log_comparison(logger_cfg, experiment: str, summary: Dict[str, Any], files: Dict[str, Path]) -> None:
+    """One W&B run per experiment (job_type `compare`): forgetting and judge tables, plots, node metrics."""
+    if logger_cfg.backend != "wandb" or logger_cfg.mode == "disabled":
+        return
+    import wandb
+
+    run = wandb.init(project=logger_cfg.project, entity=logger_cfg.entity, group=logger_cfg.group or experiment,
+                     job_type="compare", name=f"{experiment}-compare", tags=list(logger_cfg.tags),
+                     mode=logger_cfg.mode, dir=summary["run_dir"], reinit="finish_previous",
+                     config={"nodes": {n: {"stage": v["stage"], "key": v["key"]} for n, v in summary["nodes"].items()}})
+    try:
+        payload: Dict[str, Any] = {name: wandb.Table(columns=cols, data=rows)
+                                   for name, (cols, rows) in comparison_tables(summary).items()}
+        payload.update({f"plots/{p.stem}": wandb.Image(str(p)) for name, p in files.items() if p.suffix == ".png"})
+        run.log(payload)
+        for node, entry in summary["nodes"].items():
+            run.summary.update({f"{node}/{k}": v for k, v in (entry.get("metrics") or {}).items()
+                                if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    finally:
+        run.finish()

@@ -74,6 +74,7 @@ TINY_SFT = (
     "model=tiny",
     "logger=none",
     "eval=none",
+    "judge=none",
     "data.sft.max_train_rows=32",
     "data.sft.max_eval_rows=4",
     "data.sft.max_chars=800",

@@ -50,27 +50,14 @@ class ForgettingChecks:
         os.replace(tmp, path)
         return scores
 
-    def _load(self, artifact=None):
-        from alignlab.models import load_adapter, load_base, load_tokenizer
-
-        cfg, cache = self.cfg, self.cfg.paths.model_cache
-        if artifact is not None and artifact.full_model_dir.is_dir():
-            model = load_base(artifact.model_config(cfg.model), cfg.quant, cache)
-        else:
-            model = load_base(cfg.model, cfg.quant, cache)
-            if artifact is not None:
-                model = load_adapter(model, artifact.adapter_dir, trainable=False)
-        return model.eval(), load_tokenizer(cfg.model, cache)
-
-    def base(self) -> None:
-        identity = {"model": OmegaConf.to_container(self.cfg.model, resolve=True),
-                    "quant": OmegaConf.to_container(self.cfg.quant, resolve=True)}
-        self.scores["base"] = self._evaluate(identity, self._load)
+    def base(self, identity: Dict[str, Any], load) -> None:
+        """`identity` names the base model; `load()` gives (model, tokenizer) on a cache miss."""
+        self.scores["base"] = self._evaluate(identity, load)
         self.section["base"] = self.scores["base"]
 
-    def node(self, name: str, artifact, parent: Optional[str]) -> None:
+    def node(self, name: str, identity: Dict[str, Any], load, parent: Optional[str]) -> None:
         """Evaluate a finished node, tabulate deltas, and apply the gate (fail mode raises)."""
-        scores = self._evaluate({"node_key": artifact.key}, lambda: self._load(artifact))
+        scores = self._evaluate(identity, load)
         self.scores[name] = scores
         parent_scores = self.scores.get(parent) if parent else None
         self.section["nodes"][name] = {

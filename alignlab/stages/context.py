@@ -49,6 +49,20 @@ class Artifact:
         return OmegaConf.merge(base_cfg, {"name_or_path": str(self.full_model_dir)})
 
 
+def load_inference(cfg, artifact: Optional[Artifact] = None):
+    """(model, tokenizer) in eval mode: the base of `cfg`, or a finished node's model on it."""
+    from alignlab.models import load_adapter, load_base, load_tokenizer
+
+    cache = cfg.paths.model_cache
+    if artifact is not None and artifact.full_model_dir.is_dir():
+        model = load_base(artifact.model_config(cfg.model), cfg.quant, cache)
+    else:
+        model = load_base(cfg.model, cfg.quant, cache)
+        if artifact is not None:
+            model = load_adapter(model, artifact.adapter_dir, trainable=False)
+    return model.eval(), load_tokenizer(cfg.model, cache)
+
+
 @dataclass
 class StageContext:
     """Inputs of one stage run: its hyperparameters, data, upstream artifacts and work directory."""

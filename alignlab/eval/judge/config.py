@@ -41,6 +41,7 @@ class JudgeConfig:
     enabled: bool = True
     backend: str = "local"  # local | openai
     local: ModelConfig = field(default_factory=ModelConfig)
+    local_verdict: str = "logprobs"  # logprobs | generate (see alignlab.eval.judge.local)
     openai: OpenAIJudgeConfig = field(default_factory=OpenAIJudgeConfig)
     template: str = "pair-v2"
     prompts: str = "judge"  # key into the data group (kind: prompt)

@@ -1,0 +1,236 @@
+"""The run report: report.md and a self-contained report.html (plots inlined) next to summary.json.
+
+Built from summary.json's sections and each node's metrics.jsonl: training curves, reward-model
+accuracy and margins, PPO reward and KL, the forgetting table with its gate, the judge's
+win rates with intervals, and sample responses side by side.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+# Curves drawn per stage from metrics.jsonl (those present are plotted).
+CURVES = {
+    "sft": ["loss", "eval_loss"],
+    "reward": ["loss", "eval_loss", "eval_accuracy"],
+    "dpo": ["loss", "eval_loss", "rewards/accuracies", "rewards/margins"],
+    "ppo": ["reward/mean", "reward/with_kl_mean", "kl", "loss/policy", "loss/value"],
+}
+HEADLINE = ("eval_accuracy", "eval_margin_mean", "eval_rewards/accuracies", "eval_rewards/margins",
+            "eval_loss", "train_loss", "final/reward_mean", "final/kl")
+Block = Tuple[str, Any]  # ("p", text) | ("table", (header, rows)) | ("img", path) | ("pre", text)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def _records(artifact: str) -> List[dict]:
+    path = Path(artifact) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _plot_curves(name: str, stage: str, records: List[dict], out: Path) -> Path | None:
+    keys = [k for k in CURVES.get(stage, []) if any(k in r for r in records)]
+    if not keys:
+        return None
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.6), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        points = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3)
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.suptitle(f"{name} ({stage})", fontsize=10)
+    fig.tight_layout()
+    path = out / f"curves_{name}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _nodes_section(summary: dict, plots: Path) -> List[Block]:
+    header = ["node", "stage", "status", "seconds", *HEADLINE]
+    rows, blocks = [], []
+    for name, node in summary.get("nodes", {}).items():
+        metrics = node.get("metrics") or {}
+        rows.append([name, node["stage"], node.get("status"), node.get("seconds"), *[metrics.get(k) for k in HEADLINE]])
+    keep = [i for i in range(len(header)) if i < 4 or any(r[i] is not None for r in rows)]
+    blocks.append(("table", ([header[i] for i in keep], [[r[i] for i in keep] for r in rows])))
+    for name, node in summary.get("nodes", {}).items():
+        artifact = node.get("artifact")
+        if not artifact:
+            continue
+        curve = _plot_curves(name, node["stage"], _records(artifact), plots)
+        if curve:
+            blocks.append(("img", curve))
+        margins = Path(artifact) / "reward_margins.png"
+        if margins.is_file():
+            blocks.append(("p", f"{name}: held-out reward margins (chosen - rejected)"))
+            blocks.append(("img", Path(shutil.copy(margins, plots / f"margins_{name}.png"))))
+    return blocks
+
+
+def _forgetting_section(section: dict, plots: Path) -> List[Block]:
+    if not section or not section.get("base"):
+        return [("p", "Forgetting checks were off.")]
+    models = {"base": section["base"], **{n: v["scores"] for n, v in section["nodes"].items()}}
+    header = ["task", "metric", "base"] + [f"{n} (Δbase / Δparent)" for n in section["nodes"]]
+    rows = []
+    for task, metrics in section["base"].items():
+        for metric, value in metrics.items():
+            if "_stderr" in metric:
+                continue
+            stderr = metrics.get(f"{metric}_stderr")
+            row = [task, metric, f"{value:.3f}" + (f" ± {stderr:.3f}" if stderr else "")]
+            for name, node in section["nodes"].items():
+                d = next((d for d in node["deltas"] if d["task"] == task and d["metric"] == metric), None)
+                if d is None:
+                    row.append("")
+                    continue
+                parent = "" if d["vs_parent"] is None else f" / {d['vs_parent']:+.1f}"
+                row.append(f"{d['node']:.3f} ({d['vs_base']:+.1f}{parent})")
+            rows.append(row)
+    violations = section.get("violations", [])
+    gate = (f"Gate ({section['gate']}, max drop {section['max_drop']} points): "
+            + ("passed." if not violations else f"{len(violations)} violation(s): " + "; ".join(
+                f"{v['node']} {v['task']} {v['metric']} {v['before']:.3f} -> {v['after']:.3f} ({v['delta']:+.1f})"
+                for v in violations)))
+    blocks: List[Block] = [("p", f"Tasks {', '.join(section['tasks'])}; limit {section['limit']} items; "
+                                 "deltas in percentage points."), ("table", (header, rows)), ("p", gate)]
+    tasks = list(section["base"])
+    fig, ax = plt.subplots(figsize=(max(4, 1.6 * len(tasks)), 2.8))
+    width = 0.8 / len(models)
+    for k, (name, scores) in enumerate(models.items()):
+        metric = [next(m for m in scores[t] if "_stderr" not in m) for t in tasks]
+        values = [scores[t][m] for t, m in zip(tasks, metric)]
+        errors = [scores[t].get(f"{m}_stderr") or 0 for t, m in zip(tasks, metric)]
+        ax.bar([i + k * width for i in range(len(tasks))], values, width, yerr=errors, label=name, capsize=2)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(tasks))], [t.replace("alignlab_", "") for t in tasks], fontsize=8)
+    ax.set_ylabel("score")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = plots / "forgetting.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return blocks + [("img", path)]
+
+
+def _judge_section(section: dict, plots: Path, samples: int) -> List[Block]:
+    if not section or not section.get("comparisons"):
+        return [("p", "Judging was off." if not section else "No comparisons were judged.")]
+    header = ["a vs b", "win", "tie", "loss", "unparseable", "win rate (CI)", "loss rate (CI)", "consistency"]
+    rows = []
+    for key, c in section["comparisons"].items():
+        rate = lambda r: "n/a" if c[r] is None else f"{c[r]:.2f} [{c[r + '_ci'][0]:.2f}, {c[r + '_ci'][1]:.2f}]"  # noqa: E731
+        rows.append([f"{c['a']} vs {c['b']}", c["win"], c["tie"], c["loss"], c["unparseable"],
+                     rate("win_rate"), rate("loss_rate"), _fmt(c["consistency"])])
+    comparisons = list(section["comparisons"].values())
+    fig, ax = plt.subplots(figsize=(5, 0.5 + 0.45 * len(comparisons)))
+    labels = [f"{c['a']} vs {c['b']}" for c in comparisons]
+    for i, c in enumerate(comparisons):
+        if c["win_rate"] is None:
+            continue
+        lo, hi = c["win_rate_ci"]
+        ax.errorbar([c["win_rate"]], [i], xerr=[[c["win_rate"] - lo], [hi - c["win_rate"]]], fmt="o", capsize=3)
+    ax.axvline(0.5, color="grey", lw=0.8, ls="--")
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel(f"win rate of a ({int(comparisons[0]['confidence'] * 100)}% Wilson interval)")
+    fig.tight_layout()
+    path = plots / "judge_win_rates.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    blocks: List[Block] = [
+        ("p", f"Judge {section['judge']} with template {section['template']} on {section['prompts']['count']} "
+              f"prompts, each pair judged in both orders; a verdict counts only when both orders agree. "
+              f"Unparseable judge replies: {section.get('unparseable_replies', 0)}."),
+        ("table", (header, rows)), ("img", path)]
+    return blocks + _samples(section, samples)
+
+
+def _samples(section: dict, count: int) -> List[Block]:
+    responses = {}
+    for model, path in section.get("responses", {}).items():
+        if Path(path).is_file():
+            responses[model] = [json.loads(l) for l in Path(path).read_text().splitlines() if l.strip()]
+    if not responses:
+        return []
+    models = list(responses)
+    rows = []
+    for i in range(min(count, len(next(iter(responses.values()))))):
+        rows.append([responses[models[0]][i]["question"], *[responses[m][i]["response"] for m in models]])
+    return [("p", "Sample responses"), ("table", (["prompt", *models], rows))]
+
+
+def _sections(summary: dict, plots: Path, samples: int) -> List[Tuple[str, List[Block]]]:
+    return [
+        ("Nodes", _nodes_section(summary, plots)),
+        ("Forgetting checks", _forgetting_section(summary.get("forgetting"), plots)),
+        ("Judge", _judge_section(summary.get("judge"), plots, samples)),
+    ]
+
+
+def _markdown(title: str, summary: dict, sections, run_dir: Path) -> str:
+    out = [f"# {title}", "", f"Status: **{summary.get('status')}**" + (f" — {summary['error']}" if summary.get("error") else ""), ""]
+    for name, blocks in sections:
+        out += [f"## {name}", ""]
+        for kind, value in blocks:
+            if kind == "p":
+                out += [value, ""]
+            elif kind == "img":
+                out += [f"![{value.stem}]({value.relative_to(run_dir)})", ""]
+            elif kind == "table":
+                header, rows = value
+                cell = lambda v: _fmt(v).replace("|", "\\|").replace("\n", "<br>")  # noqa: E731
+                out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+                out += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows] + [""]
+    return "\n".join(out)
+
+
+def _html(title: str, summary: dict, sections) -> str:
+    esc = lambda v: html.escape(_fmt(v)).replace("\n", "<br>")  # noqa: E731
+    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title><style>"
+           "body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;font-size:13px}"
+           "td,th{border:1px solid #ccc;padding:4px;vertical-align:top}</style></head><body>",
+           f"<h1>{esc(title)}</h1><p>Status: <b>{esc(summary.get('status'))}</b> {esc(summary.get('error', ''))}</p>"]
+    for name, blocks in sections:
+        out.append(f"<h2>{esc(name)}</h2>")
+        for kind, value in blocks:
+            if kind == "p":
+                out.append(f"<p>{esc(value)}</p>")
+            elif kind == "img":
+                data = base64.b64encode(value.read_bytes()).decode()
+                out.append(f"<img alt='{esc(value.stem)}' src='data:image/png;base64,{data}'>")
+            elif kind == "table":
+                header, rows = value
+                out.append("<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>")
+                out += ["<tr>" + "".join(f"<td>{esc(v)}</td>" for v in row) + "</tr>" for row in rows]
+                out.append("</table>")
+    return "\n".join(out + ["</body></html>"])
+
+
+def write_report(summary: Dict[str, Any], run_dir: Path, samples: int = 3) -> Dict[str, Path]:
+    """Write report.md, report.html and plots/*.png into `run_dir`; returns their paths by name."""
+    run_dir = Path(run_dir)
+    plots = run_dir / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    sections = _sections(summary, plots, samples)
+    title = f"alignlab report: {summary.get('name')}"
+    (run_dir / "report.md").write_text(_markdown(title, summary, sections, run_dir), encoding="utf-8")
+    (run_dir / "report.html").write_text(_html(title, summary, sections), encoding="utf-8")
+    return {"report.md": run_dir / "report.md", "report.html": run_dir / "report.html",
+            **{p.name: p for p in sorted(plots.glob("*.png"))}}
