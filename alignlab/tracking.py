@@ -62,6 +62,17 @@ class NodeTracker:
         if self.run is not None:
             self.run.log(clean, step=step)
 
+    def table(self, name: str, jsonl: Path) -> None:
+        """Log a JSONL file's rows as a wandb.Table (columns from the first row)."""
+        if self.run is None or not jsonl.is_file():
+            return
+        import wandb
+
+        rows = [json.loads(line) for line in jsonl.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if rows:
+            columns = list(rows[0])
+            self.run.log({name: wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])})
+
     def summary(self, metrics: Dict[str, Any]) -> None:
         if self.run is not None:
             self.run.summary.update({k: v for k, v in metrics.items() if isinstance(v, (int, float, str))})

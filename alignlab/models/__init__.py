@@ -2,6 +2,7 @@
 from alignlab.models.config import ModelConfig, PeftConfig, QuantConfig
 from alignlab.models.loading import (
     add_adapter,
+    copy_lora_weights,
     load_adapter,
     load_base,
     load_tokenizer,
@@ -15,6 +16,7 @@ __all__ = [
     "PeftConfig",
     "QuantConfig",
     "add_adapter",
+    "copy_lora_weights",
     "load_adapter",
     "load_base",
     "load_tokenizer",

@@ -160,7 +160,7 @@ def add_adapter(
         raise ModelLoadError(f"peft.method '{peft.method}' is not one of lora, none")
     model = get_peft_model(_prepare_quantized(model, gradient_checkpointing), lora_config(peft, head))
     if init_from is not None:
-        _copy_lora_weights(model, Path(init_from))
+        copy_lora_weights(model, Path(init_from))
     return model
 
 
@@ -172,14 +172,14 @@ def _prepare_quantized(model, gradient_checkpointing: bool = False):
     return model
 
 
-def _copy_lora_weights(model, adapter_dir: Path) -> None:
+def copy_lora_weights(model, adapter_dir: Path, adapter_name: str = "default") -> None:
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
     from safetensors.torch import load_file
 
     weights_file = adapter_dir / "adapter_model.safetensors"
     if not weights_file.is_file():
         raise ModelLoadError(f"no adapter weights at '{weights_file}'")
-    state = get_peft_model_state_dict(model)  # includes heads (modules_to_save), kept as they are
+    state = get_peft_model_state_dict(model, adapter_name=adapter_name)  # heads (modules_to_save) kept as they are
     lora = {k: v for k, v in load_file(str(weights_file)).items() if ".lora_" in k}
     ours = {k for k in state if ".lora_" in k}
     if set(lora) != ours or any(state[k].shape != v.shape for k, v in lora.items()):
@@ -187,7 +187,7 @@ def _copy_lora_weights(model, adapter_dir: Path) -> None:
             f"adapter '{adapter_dir}' does not match this model's LoRA layout (same peft group needed): "
             f"{len(set(lora) ^ ours)} differing weight names"
         )
-    set_peft_model_state_dict(model, {**state, **lora}, adapter_name="default")
+    set_peft_model_state_dict(model, {**state, **lora}, adapter_name=adapter_name)
 
 
 def load_adapter(model, adapter_dir: str | os.PathLike, trainable: bool, adapter_name: str = "default"):

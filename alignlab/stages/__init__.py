@@ -8,6 +8,7 @@ STAGE_MODULES = {
     "sft": "alignlab.stages.sft",
     "reward": "alignlab.stages.reward",
     "dpo": "alignlab.stages.dpo",
+    "ppo": "alignlab.stages.ppo",
 }
 
 # Which upstream roles each stage accepts, and which stage kinds may fill them.
@@ -15,6 +16,7 @@ UPSTREAM = {
     "sft": {"init": ("sft",)},
     "reward": {"init": ("sft",)},
     "dpo": {"policy": ("sft", "dpo")},
+    "ppo": {"policy": ("sft", "dpo", "ppo"), "reward": ("reward",)},
 }
 
 

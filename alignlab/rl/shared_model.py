@@ -1,0 +1,207 @@
+"""Policy, reference, value and reward on ONE loaded base model (optionally 4-bit), via adapters.
+
+Adapters on the base: `default` = the policy (trainable), `ref` = a frozen copy of the starting
+policy adapter (or no adapter: the base itself is the reference), `value` = the value model's
+LoRA (trainable) with a scalar head, `reward` = the reward node's LoRA (frozen) with its score
+head. Only the active adapter takes part in a forward pass, so the four models cost one base's
+memory plus four small adapters.
+
+peft's `set_adapter` also flips `requires_grad`; `use()` re-applies our own trainable set
+after each switch, so policy and value both train while only one is active at a time.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from alignlab.errors import ModelLoadError
+
+POLICY, REF, VALUE, REWARD = "default", "ref", "value", "reward"
+SCORE_KEY = "base_model.model.score.weight"  # the reward node's score head in its adapter file
+
+
+def _head(hidden: int, weight: Optional[torch.Tensor], trainable: bool) -> torch.nn.Linear:
+    head = torch.nn.Linear(hidden, 1, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(weight.float() if weight is not None else torch.zeros(1, hidden))
+    head.weight.requires_grad_(trainable)
+    return head
+
+
+def chat_texts(tokenizer, prompts: Sequence[List[dict]], responses: Sequence[str]) -> List[str]:
+    """prompt + assistant response through the chat template: the text a reward model scores."""
+    return [tokenizer.apply_chat_template(list(p) + [{"role": "assistant", "content": r}], tokenize=False)
+            for p, r in zip(prompts, responses)]
+
+
+class SharedBaseModel:
+    """The PPO models as adapters on one base; see the module docstring."""
+
+    def __init__(self, cfg, policy_adapter: Optional[Path], reward_adapter: Optional[Path],
+                 reference: str = "sft", value_init: str = "reward"):
+        from alignlab.models import add_adapter, copy_lora_weights, load_adapter, load_base, load_tokenizer, lora_config
+
+        cache = cfg.paths.model_cache
+        if cfg.peft.method != "lora":
+            raise ModelLoadError("the PPO stage shares one base through LoRA adapters: set peft=lora")
+        self.tokenizer = load_tokenizer(cfg.model, cache)
+        base = load_base(cfg.model, cfg.quant, cache)
+        if policy_adapter is not None:
+            self.model = load_adapter(base, policy_adapter, trainable=True)
+        else:
+            self.model = add_adapter(base, cfg.peft, cfg.quant)
+        self.ref_adapter = reference == "sft" and policy_adapter is not None
+        if self.ref_adapter:
+            load_adapter(self.model, policy_adapter, trainable=False, adapter_name=REF)
+        elif reference not in ("sft", "base"):
+            raise ModelLoadError(f"stage.ppo.reference '{reference}' is not one of sft, base")
+        hidden = self.model.get_base_model().config.hidden_size
+        score = None
+        if reward_adapter is not None:
+            self.model.add_adapter(REWARD, lora_config(cfg.peft))
+            copy_lora_weights(self.model, reward_adapter, REWARD)
+            score = load_file(str(Path(reward_adapter) / "adapter_model.safetensors")).get(SCORE_KEY)
+            if score is None:
+                raise ModelLoadError(f"reward adapter '{reward_adapter}' has no score head ({SCORE_KEY})")
+        self.reward_head = _head(hidden, score, trainable=False) if score is not None else None
+        self.model.add_adapter(VALUE, lora_config(cfg.peft))
+        from_reward = value_init == "reward" and reward_adapter is not None
+        if from_reward:
+            copy_lora_weights(self.model, reward_adapter, VALUE)
+        elif value_init not in ("reward", "fresh"):
+            raise ModelLoadError(f"stage.ppo.value_init '{value_init}' is not one of reward, fresh")
+        self.value_head = _head(hidden, score if from_reward else None, trainable=True)
+        device = next(self.model.parameters()).device
+        for head in (self.reward_head, self.value_head):
+            if head is not None:
+                head.to(device)
+        self.adapter_params: Dict[str, List[torch.nn.Parameter]] = {}
+        for name, param in self.model.named_parameters():
+            for adapter in (POLICY, REF, VALUE, REWARD):
+                if f".{adapter}." in name:
+                    self.adapter_params.setdefault(adapter, []).append(param)
+        self.model.eval()  # no dropout anywhere: rollout and update log-probs must match
+        self.use(POLICY)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def trainable(self) -> Dict[str, List[torch.nn.Parameter]]:
+        return {"policy": self.adapter_params[POLICY],
+                "value": self.adapter_params[VALUE] + [self.value_head.weight]}
+
+    def use(self, adapter: str) -> None:
+        """Make `adapter` the active one; policy and value stay trainable, the rest frozen."""
+        self.model.set_adapter(adapter)
+        for name, params in self.adapter_params.items():
+            for p in params:
+                p.requires_grad_(name in (POLICY, VALUE))
+
+    @contextmanager
+    def reference(self):
+        """The reference policy: the frozen starting adapter, or the bare base."""
+        if self.ref_adapter:
+            self.use(REF)
+            try:
+                yield
+            finally:
+                self.use(POLICY)
+        else:
+            with self.model.disable_adapter():
+                yield
+
+    def _hidden(self, input_ids, attention_mask) -> torch.Tensor:
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        decoder = self.model.get_base_model().get_decoder()
+        return decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
+
+    def response_logits(self, input_ids, attention_mask, context: int, temperature: float) -> torch.Tensor:
+        """Logits predicting tokens context..end of the active adapter's policy, divided by the
+        sampling temperature (the distribution the rollout sampled from)."""
+        hidden = self._hidden(input_ids, attention_mask)[:, context - 1:-1]
+        lm = self.model.get_base_model()
+        logits = lm.get_output_embeddings()(hidden).float()
+        softcap = getattr(lm.config, "final_logit_softcapping", None)
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        return logits / temperature
+
+    def values(self, input_ids, attention_mask, context: int) -> torch.Tensor:
+        """V(state before each response token), from the value adapter and head."""
+        self.use(VALUE)
+        try:
+            hidden = self._hidden(input_ids, attention_mask)[:, context - 1:-1]
+            return self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
+        finally:
+            self.use(POLICY)
+
+    @torch.no_grad()
+    def scores(self, prompts: Sequence[List[dict]], responses: Sequence[str], max_length: int,
+               batch_size: int) -> torch.Tensor:
+        """The reward node's scalar score of each (prompt, response), read like transformers'
+        sequence classifiers: at the last token that is not padding."""
+        if self.reward_head is None:
+            raise ModelLoadError("this PPO model has no reward adapter")
+        texts = chat_texts(self.tokenizer, prompts, responses)
+        side, self.tokenizer.truncation_side = self.tokenizer.truncation_side, "left"
+        out = []
+        self.use(REWARD)
+        try:
+            for i in range(0, len(texts), batch_size):
+                enc = self.tokenizer(texts[i:i + batch_size], return_tensors="pt", padding=True, truncation=True,
+                                     max_length=max_length, add_special_tokens=False).to(self.device)
+                hidden = self._hidden(enc["input_ids"], enc["attention_mask"])
+                not_pad = enc["input_ids"] != self.tokenizer.pad_token_id
+                last = (torch.arange(not_pad.shape[1], device=self.device) * not_pad).argmax(-1)
+                picked = hidden[torch.arange(hidden.shape[0], device=self.device), last]
+                out.append(self.reward_head(picked.to(self.reward_head.weight.dtype)).squeeze(-1).float())
+        finally:
+            self.use(POLICY)
+            self.tokenizer.truncation_side = side
+        return torch.cat(out)
+
+    def save_value(self, directory: Path) -> None:
+        from peft import get_peft_model_state_dict
+
+        directory.mkdir(parents=True, exist_ok=True)
+        state = get_peft_model_state_dict(self.model, adapter_name=VALUE)
+        state["value_head.weight"] = self.value_head.weight.detach()
+        save_file({k: v.contiguous() for k, v in state.items()}, str(directory / "value.safetensors"))
+
+    def load_value(self, directory: Path) -> None:
+        from peft import set_peft_model_state_dict
+
+        state = load_file(str(directory / "value.safetensors"))
+        with torch.no_grad():
+            self.value_head.weight.copy_(state.pop("value_head.weight"))
+        set_peft_model_state_dict(self.model, state, adapter_name=VALUE)
+
+    def save_policy(self, directory: Path) -> None:
+        from peft import get_peft_model_state_dict
+
+        directory.mkdir(parents=True, exist_ok=True)
+        state = get_peft_model_state_dict(self.model, adapter_name=POLICY)
+        save_file({k: v.contiguous() for k, v in state.items()}, str(directory / "policy.safetensors"))
+
+    def load_policy(self, directory: Path) -> None:
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(self.model, load_file(str(directory / "policy.safetensors")), adapter_name=POLICY)
+
+    def export_policy(self, directory: Path) -> None:
+        """The policy alone as a peft adapter directory (what later nodes and evaluations load)."""
+        self.model.save_pretrained(str(directory), selected_adapters=[POLICY])
+        self.tokenizer.save_pretrained(str(directory))
+
+
+def autocast(precision: str):
+    """bf16/fp16 autocast on the model's device type, or nothing."""
+    if precision == "no":
+        return nullcontext()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.autocast(device, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)

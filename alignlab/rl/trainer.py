@@ -1,0 +1,278 @@
+"""The PPO loop (InstructGPT-style RLHF; "The N Implementation Details of RLHF with PPO").
+
+Written here on torch + peft + accelerate because trl 1.x deleted its PPOTrainer. One iteration:
+sample responses from the policy -> score them (reward adapter or a programmatic reward) ->
+per-token KL penalty against the reference -> GAE advantages -> several epochs of clipped policy
+and value updates over minibatches. Under `accelerate launch` every process rolls out its own
+prompts and gradients are averaged across processes before each optimizer step (DDP's module
+wrapper does not fit adapter switching on one shared base).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from alignlab.errors import AlignlabError
+from alignlab.rl import ppo_math as F
+from alignlab.rl.shared_model import SharedBaseModel, autocast
+
+log = logging.getLogger("alignlab.ppo")
+
+
+class PPODivergedError(AlignlabError):
+    """A PPO loss or score became NaN/inf."""
+
+
+@dataclass
+class Rollout:
+    """One batch of sampled responses with everything the updates need (response-aligned [B, T])."""
+
+    input_ids: torch.Tensor  # prompt (left-padded) + response (right-padded)
+    attention_mask: torch.Tensor
+    context: int  # prompt width: response tokens start here
+    mask: torch.Tensor  # real response tokens (up to and including EOS)
+    logprobs: torch.Tensor
+    values: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    stats: Dict[str, float]
+    samples: List[Dict[str, Any]]
+
+
+def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(logits, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+class PPOTrainer:
+    """Runs `h.iterations` PPO iterations on a SharedBaseModel; checkpoints every `h.save_steps`."""
+
+    def __init__(self, shared: SharedBaseModel, h, prompts: List[List[dict]], precision: str,
+                 reward_fn: Optional[Callable] = None, log_fn: Callable[[Dict[str, float], int], None] = lambda m, s: None):
+        from accelerate import Accelerator
+
+        self.m, self.h, self.precision = shared, h, precision
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        self.reward_fn, self.log_fn = reward_fn, log_fn
+        tok = shared.tokenizer
+        texts = [tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+        lengths = [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
+        self.prompts = [p for p, n in zip(prompts, lengths) if n <= h.max_prompt_length]
+        if len(self.prompts) < len(prompts):
+            log.info("ppo: %d of %d prompts longer than max_prompt_length=%d left out",
+                     len(prompts) - len(self.prompts), len(prompts), h.max_prompt_length)
+        if len(self.prompts) < h.rollout_batch_size:
+            raise AlignlabError(f"stage.ppo: {len(self.prompts)} prompt(s) fit max_prompt_length={h.max_prompt_length}; "
+                                f"need at least rollout_batch_size={h.rollout_batch_size}")
+        groups = shared.trainable()
+        self.params = groups["policy"] + groups["value"]
+        self.optimizer = torch.optim.AdamW(self.params, lr=h.learning_rate, weight_decay=h.weight_decay, eps=1e-5)
+        if h.kl_target is not None:
+            self.kl = F.AdaptiveKLController(h.kl_coef, h.kl_target, h.kl_horizon)
+        else:
+            self.kl = F.FixedKLController(h.kl_coef)
+        self.iteration = 0
+        self.history: List[Dict[str, float]] = []
+
+    # -- rollout -----------------------------------------------------------------------------
+    def _prompt_batch(self, iteration: int) -> List[List[dict]]:
+        """This process's prompts of an iteration: a seeded shuffle per epoch over the prompt set."""
+        world, rank, n = self.accelerator.num_processes, self.accelerator.process_index, self.h.rollout_batch_size
+        start = iteration * n * world + rank * n
+        order: List[int] = []
+        epoch = start // len(self.prompts)
+        while len(order) < start % len(self.prompts) + n:
+            perm = list(range(len(self.prompts)))
+            random.Random(self.h.seed + epoch).shuffle(perm)
+            order += perm
+            epoch += 1
+        offset = start % len(self.prompts)
+        return [self.prompts[i] for i in order[offset:offset + n]]
+
+    @torch.no_grad()
+    def rollout(self, iteration: int) -> Rollout:
+        h, m, tok = self.h, self.m, self.m.tokenizer
+        prompts = self._prompt_batch(iteration)
+        torch.manual_seed(h.seed * 100003 + iteration * self.accelerator.num_processes + self.accelerator.process_index)
+        side, tok.padding_side = tok.padding_side, "left"
+        texts = [tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(m.device)
+        tok.padding_side = side
+        with autocast(self.precision):
+            out = m.model.generate(**enc, do_sample=True, temperature=h.temperature, top_k=h.top_k or None,
+                                   top_p=h.top_p, max_new_tokens=h.max_new_tokens, eos_token_id=tok.eos_token_id,
+                                   pad_token_id=tok.pad_token_id)
+        context = enc["input_ids"].shape[1]
+        response = out[:, context:]
+        is_eos = response == tok.eos_token_id
+        has_eos = is_eos.any(-1)
+        # Tokens up to and including the first EOS are the response; the rest is padding.
+        after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
+        mask = (~after_eos).float()
+        attention = torch.cat([enc["attention_mask"], mask.long()], dim=1)
+        texts_out = tok.batch_decode(response.masked_fill(after_eos, tok.pad_token_id), skip_special_tokens=True)
+
+        if self.reward_fn is not None:
+            scores = torch.tensor([float(s) for s in self.reward_fn(prompts, texts_out)], device=m.device)
+        else:
+            with autocast(self.precision):
+                scores = m.scores(prompts, texts_out, h.reward_max_length, h.rollout_batch_size)
+        raw_scores = scores.clone()
+        if h.missing_eos_penalty is not None:
+            scores = scores - h.missing_eos_penalty * (~has_eos).float()
+        scores = F.clip_and_whiten_scores(scores, h.whiten_rewards, h.reward_clip)
+
+        with autocast(self.precision):
+            logits = m.response_logits(out, attention, context, h.temperature)
+            logprobs = gather_logprobs(logits, response)
+            entropy = F.masked_mean(F.entropy_from_logits(logits), mask)
+            del logits
+            with m.reference():
+                ref_logprobs = gather_logprobs(m.response_logits(out, attention, context, h.temperature), response)
+            values = m.values(out, attention, context).float()
+        kl = F.kl_penalty(logprobs, ref_logprobs, h.kl_estimator) * mask
+        rewards = F.token_rewards(scores, kl, self.kl.coef, mask)
+        advantages, returns = F.gae(rewards, values * mask, mask, h.gamma, h.lam)
+        if h.whiten_advantages:
+            advantages = F.masked_whiten(advantages, mask)
+        kl_sum = kl.sum(-1)
+        stats = {
+            "reward/mean": raw_scores.mean().item(), "reward/std": raw_scores.std().item() if len(raw_scores) > 1 else 0.0,
+            "reward/with_kl_mean": (scores - self.kl.coef * kl_sum).mean().item(),
+            "kl": kl_sum.mean().item(), "kl_coef": self.kl.coef, "entropy": entropy.item(),
+            "response_length": mask.sum(-1).mean().item(), "eos_fraction": has_eos.float().mean().item(),
+            "explained_variance": F.explained_variance(values, returns, mask),
+        }
+        samples = [{"iteration": iteration, "prompt": p[-1]["content"], "response": r, "score": s}
+                   for p, r, s in zip(prompts, texts_out, raw_scores.tolist())]
+        return Rollout(out, attention, context, mask, logprobs, values, advantages, returns, stats, samples)
+
+    # -- update ------------------------------------------------------------------------------
+    def _sync_gradients(self) -> None:
+        """Average the trainable gradients across processes (one all-reduce of a flat buffer)."""
+        if self.accelerator.num_processes == 1:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        flat = self.accelerator.reduce(torch.cat([g.flatten() for g in grads]), reduction="mean")
+        offset = 0
+        for p, g in zip(self.params, grads):
+            p.grad = flat[offset:offset + g.numel()].view_as(g).clone()
+            offset += g.numel()
+
+    def update(self, r: Rollout) -> Dict[str, float]:
+        h, m = self.h, self.m
+        n = r.input_ids.shape[0]
+        micro = max(1, h.mini_batch_size // h.gradient_accumulation_steps)
+        sums: Dict[str, List[float]] = {}
+        gen = torch.Generator().manual_seed(h.seed + self.iteration)
+        for _ in range(h.ppo_epochs):
+            order = torch.randperm(n, generator=gen).tolist()
+            for start in range(0, n, h.mini_batch_size):
+                minibatch = order[start:start + h.mini_batch_size]
+                for k in range(0, len(minibatch), micro):
+                    idx = minibatch[k:k + micro]
+                    weight = len(idx) / len(minibatch)
+                    stats = self._micro_step(r, idx, weight)
+                    for key, value in stats.items():
+                        sums.setdefault(key, []).append(value)
+                self._sync_gradients()
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.params, h.max_grad_norm)
+                sums.setdefault("grad_norm", []).append(float(grad_norm))
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+        return {k: sum(v) / len(v) for k, v in sums.items()}
+
+    def _micro_step(self, r: Rollout, idx: List[int], weight: float) -> Dict[str, float]:
+        h, m = self.h, self.m
+        ids, attn, mask = r.input_ids[idx], r.attention_mask[idx], r.mask[idx]
+        with autocast(self.precision):
+            logits = m.response_logits(ids, attn, r.context, h.temperature)
+            logprobs = gather_logprobs(logits, ids[:, r.context:])
+            pg_loss, pg = F.policy_loss(logprobs, r.logprobs[idx], r.advantages[idx], mask, h.clip_range)
+        (pg_loss * weight).backward()
+        with autocast(self.precision):
+            values = m.values(ids, attn, r.context).float()
+            vf_loss, vf = F.value_loss(values, r.values[idx], r.returns[idx], mask, h.clip_range_value)
+        (h.vf_coef * vf_loss * weight).backward()
+        for name, loss in (("policy", pg_loss), ("value", vf_loss)):
+            if not torch.isfinite(loss):
+                raise PPODivergedError(f"stage.ppo: {name} loss is {loss.item()} at iteration {self.iteration + 1}; "
+                                       "lower stage.ppo.learning_rate (the last checkpoint is kept)")
+        return {"loss/policy": pg_loss.item(), "loss/value": vf_loss.item(), "clipfrac": pg["clipfrac"],
+                "approx_kl": pg["approx_kl"], "value_clipfrac": vf["clipfrac"]}
+
+    # -- loop and checkpoints --------------------------------------------------------------------
+    def train(self, checkpoint_dir: Path, samples_path: Path) -> Dict[str, float]:
+        h = self.h
+        self._resume(checkpoint_dir)
+        main = self.accelerator.is_main_process
+        bar = tqdm(range(self.iteration, h.iterations), desc="ppo", unit="iter", disable=not main)
+        for iteration in bar:
+            self.iteration = iteration
+            start = time.time()
+            rollout = self.rollout(iteration)
+            stats = {**rollout.stats, **self.update(rollout)}
+            if not math.isfinite(stats["reward/mean"]):
+                raise PPODivergedError(f"stage.ppo: reward is {stats['reward/mean']} at iteration {iteration + 1}")
+            stats = self._mean_across_processes(stats)
+            self.kl.update(stats["kl"], h.rollout_batch_size * self.accelerator.num_processes)
+            stats["time/iteration"] = time.time() - start
+            stats["episodes"] = (iteration + 1) * h.rollout_batch_size * self.accelerator.num_processes
+            self.history.append(stats)
+            bar.set_postfix(reward=f"{stats['reward/mean']:.3f}", kl=f"{stats['kl']:.3f}")
+            if main:
+                if (iteration + 1) % h.logging_steps == 0 or iteration + 1 == h.iterations:
+                    self.log_fn(stats, iteration + 1)
+                with open(samples_path, "a", encoding="utf-8") as f:
+                    for sample in rollout.samples[: h.sample_responses]:
+                        f.write(json.dumps(sample, ensure_ascii=False) + "\n")
+            self.iteration = iteration + 1
+            if self.iteration % h.save_steps == 0 and self.iteration < h.iterations:
+                self._save(checkpoint_dir)
+        return self.history[-1] if self.history else {}
+
+    def _mean_across_processes(self, stats: Dict[str, float]) -> Dict[str, float]:
+        if self.accelerator.num_processes == 1:
+            return stats
+        keys = sorted(stats)
+        values = torch.tensor([stats[k] for k in keys], dtype=torch.float64, device=self.m.device)
+        reduced = self.accelerator.reduce(values, reduction="mean").tolist()
+        return dict(zip(keys, reduced))
+
+    def _save(self, checkpoint_dir: Path) -> None:
+        """iter-N/: policy and value weights, optimizer, KL coefficient, history (main process)."""
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            target = checkpoint_dir / f"iter-{self.iteration}"
+            tmp = target.with_name(target.name + ".tmp")
+            self.m.save_policy(tmp)
+            self.m.save_value(tmp)
+            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            (tmp / "state.json").write_text(json.dumps({"iteration": self.iteration, "kl_coef": self.kl.coef,
+                                                        "history": self.history}))
+            tmp.rename(target)
+            for old in checkpoint_dir.glob("iter-*"):
+                if old != target and not old.name.endswith(".tmp"):
+                    shutil.rmtree(old)
+        self.accelerator.wait_for_everyone()
+
+    def _resume(self, checkpoint_dir: Path) -> None:
+        done = sorted(checkpoint_dir.glob("iter-*[0-9]"), key=lambda p: int(p.name.split("-")[1]))
+        if not done:
+            return
+        last = done[-1]
+        self.m.load_policy(last)
+        self.m.load_value(last)
+        self.optimizer.load_state_dict(torch.load(last / "optimizer.pt", weights_only=True))
+        state = json.loads((last / "state.json").read_text())
+        self.iteration, self.kl.coef, self.history = state["iteration"], state["kl_coef"], state["history"]
+        log.info("ppo: resumed from %s (iteration %d)", last, self.iteration)

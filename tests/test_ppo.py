@@ -1,0 +1,114 @@
+"""PPO stage on the tiny model: policy and value train, the reference does not move; reward sources."""
+from __future__ import annotations
+
+import json
+from contextlib import nullcontext
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from alignlab.errors import ConfigError
+from conftest import TINY_PREFERENCE, TINY_SFT
+
+TINY_PPO = (
+    *TINY_SFT, *TINY_PREFERENCE, "stage.sft.max_steps=2", "stage.reward.max_steps=2",
+    "data.prompts.max_train_rows=24",
+    "stage.ppo.iterations=2", "stage.ppo.rollout_batch_size=4", "stage.ppo.mini_batch_size=2",
+    "stage.ppo.ppo_epochs=2", "stage.ppo.max_new_tokens=8", "stage.ppo.learning_rate=1e-2",
+    "stage.ppo.save_steps=1",
+)
+
+
+def _lora(path: Path) -> dict:
+    return {k: v for k, v in load_file(str(path)).items() if ".lora_" in k}
+
+
+def test_ppo_trains_policy_and_value_and_keeps_the_reference(compose, tmp_path):
+    from alignlab.pipeline import run
+    from alignlab.rl.shared_model import SharedBaseModel
+    from alignlab.rl.trainer import PPOTrainer, gather_logprobs
+
+    cfg = compose(*TINY_PPO, "pipeline=sft_rm_ppo", f"paths.run_dir={tmp_path / 'run'}")
+    summary = run(cfg)
+    nodes = summary["nodes"]
+    sft, rm, ppo = (Path(nodes[n]["artifact"]) for n in ("sft", "rm", "ppo"))
+    metrics = nodes["ppo"]["metrics"]
+    assert metrics["iterations"] == 2 and metrics["episodes"] == 8
+
+    # Every policy LoRA tensor moved away from the SFT adapter it started from.
+    start, end = _lora(sft / "adapter" / "adapter_model.safetensors"), _lora(ppo / "adapter" / "adapter_model.safetensors")
+    assert set(start) == set(end) and all(not torch.equal(start[k], end[k]) for k in start)
+    # Every value LoRA tensor and the value head moved away from the reward model they started from.
+    rm_weights = load_file(str(rm / "adapter" / "adapter_model.safetensors"))
+    value = load_file(str(ppo / "value" / "value.safetensors"))
+    moved = [k for k in value if ".lora_" in k and not torch.equal(value[k], rm_weights[k])]
+    assert len(moved) == len(_lora(rm / "adapter" / "adapter_model.safetensors")) > 0
+    assert not torch.equal(value["value_head.weight"], rm_weights["base_model.model.score.weight"].float())
+
+    records = [json.loads(l) for l in (ppo / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]
+    for key in ("reward/mean", "reward/with_kl_mean", "kl", "entropy", "clipfrac", "approx_kl", "loss/value",
+                "loss/policy", "explained_variance", "response_length"):
+        assert key in records[0], key
+    assert len((ppo / "samples.jsonl").read_text().splitlines()) == 2 * 4
+
+    # In-process: the reference log-probs stay fixed while the policy's change.
+    shared = SharedBaseModel(cfg, sft / "adapter", rm / "adapter")
+    prompts = [[{"role": "user", "content": f"Question {i}?"}] for i in range(8)]
+    trainer = PPOTrainer(shared, cfg.stage.ppo, prompts, "no")
+    probe = trainer.rollout(0)
+
+    def logprobs(reference: bool) -> torch.Tensor:
+        with torch.no_grad():
+            ctx = shared.reference() if reference else nullcontext()
+            with ctx:
+                logits = shared.response_logits(probe.input_ids, probe.attention_mask, probe.context, 0.7)
+            return gather_logprobs(logits, probe.input_ids[:, probe.context:])
+
+    ref_before, policy_before = logprobs(True), logprobs(False)
+    trainer.train(tmp_path / "ckpt", tmp_path / "samples.jsonl")
+    assert torch.equal(logprobs(True), ref_before)
+    assert not torch.allclose(logprobs(False), policy_before)
+
+
+def test_ppo_with_programmatic_reward_resumes_from_checkpoint(compose, tmp_path):
+    from alignlab.rl import rewards
+    from alignlab.rl.shared_model import SharedBaseModel
+    from alignlab.rl.trainer import PPOTrainer
+
+    cfg = compose(*TINY_PPO, "pipeline=sft_ppo")
+    shared = SharedBaseModel(cfg, None, None, reference="base", value_init="fresh")
+    prompts = [[{"role": "user", "content": f"Tell me about {w}."}] for w in ("cats", "rain", "tea", "maps", "jazz")]
+    fn = rewards.resolve({"_target_": "alignlab.rl.rewards.target_length", "words": 3})
+    trainer = PPOTrainer(shared, cfg.stage.ppo, prompts, "no", reward_fn=fn)
+    trainer.train(tmp_path / "ckpt", tmp_path / "samples.jsonl")
+    assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["iter-1"]  # the last one before the end
+
+    cfg.stage.ppo.iterations = 3
+    again = PPOTrainer(SharedBaseModel(cfg, None, None, reference="base", value_init="fresh"), cfg.stage.ppo,
+                       prompts, "no", reward_fn=fn)
+    again._resume(tmp_path / "ckpt")
+    assert again.iteration == 1 and len(again.history) == 1
+    assert again.history[0] == trainer.history[0]
+    again.train(tmp_path / "ckpt", tmp_path / "samples.jsonl")
+    assert again.iteration == 3 and len(again.history) == 3
+
+
+def test_target_length_reward_and_bad_reward_specs():
+    from alignlab.rl import rewards
+
+    assert rewards.target_length([[]] * 3, ["a b", "a b c d", ""], words=2) == [1.0, 0.0, 0.0]
+    with pytest.raises(ConfigError, match="needs a '_target_'"):
+        rewards.resolve({"words": 3})
+    with pytest.raises(ConfigError, match="_target_ 'alignlab.rl.rewards.nope' cannot be imported"):
+        rewards.resolve({"_target_": "alignlab.rl.rewards.nope"})
+
+
+def test_ppo_needs_exactly_one_reward_source(compose, tmp_path):
+    from alignlab.pipeline import run
+
+    cfg = compose(*TINY_PPO, "pipeline=sft_ppo", f"paths.run_dir={tmp_path / 'run'}")
+    with pytest.raises(ConfigError, match="pipeline.nodes.ppo: a ppo node needs exactly one reward source"):
+        run(cfg)
