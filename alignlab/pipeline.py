@@ -14,10 +14,12 @@ import logging
 import os
 import shutil
 import time
+from contextlib import nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from accelerate import PartialState
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
@@ -131,6 +133,10 @@ class Pipeline:
             "status": "running",
             "nodes": {},
         }
+        # Under `accelerate launch` every process runs the pipeline: all train each node together;
+        # the main process alone holds the node lock, publishes artifacts, evaluates and reports.
+        self.state = PartialState()
+        self.main = self.state.is_main_process
         self.forgetting: Optional[ForgettingChecks] = None
         self.judging: Optional[JudgeChecks] = None
 
@@ -140,10 +146,10 @@ class Pipeline:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         artifacts: Dict[str, Artifact] = {}
         try:
-            if self.cfg.eval.enabled:
+            if self.cfg.eval.enabled and self.main:
                 self.forgetting = ForgettingChecks(self.cfg, self.cache_dir, self.data_home)
                 self.summary["forgetting"] = self.forgetting.section
-            if self.cfg.judge.enabled:
+            if self.cfg.judge.enabled and self.main:
                 self.judging = JudgeChecks(self.cfg, self.cache_dir, self.data_home, self.run_dir)
                 self.summary["judge"] = self.judging.section
             self._evaluate(BASE, None)
@@ -161,8 +167,9 @@ class Pipeline:
             raise
         finally:
             self.summary["finished"] = datetime.now(timezone.utc).isoformat()
-            self._write_summary()
-            self._report()
+            if self.main:
+                self._write_summary()
+                self._report()
         return self.summary
 
     def _evaluate(self, name: str, artifact: Optional[Artifact]) -> None:
@@ -206,6 +213,8 @@ class Pipeline:
         return None
 
     def _write_summary(self) -> None:
+        if not self.main:
+            return
         tmp = self.run_dir / "summary.json.tmp"
         tmp.write_text(json.dumps(self.summary, indent=2, default=str))
         os.replace(tmp, self.run_dir / "summary.json")
@@ -231,7 +240,8 @@ class Pipeline:
         self.summary["nodes"][name] = entry
         final = self.cache_dir / f"{node.stage}-{key[:16]}"
         start = time.time()
-        with FileLock(str(final) + ".lock"):
+        with FileLock(str(final) + ".lock") if self.main else nullcontext():
+            self.state.wait_for_everyone()
             if is_complete(final):
                 log.info("node %s: cache hit %s", name, final)
                 art = _read_artifact(name, node.stage, key, final)
@@ -249,10 +259,12 @@ class Pipeline:
 
     def _train(self, name, node, module, data, upstream, key, final: Path) -> Dict[str, Any]:
         work = final.with_name(final.name + ".partial")
-        if final.exists():  # a directory without its COMPLETE marker: never reused
-            shutil.rmtree(final)
         resumed = work.is_dir()
-        work.mkdir(parents=True, exist_ok=True)
+        if self.main:
+            if final.exists():  # a directory without its COMPLETE marker: never reused
+                shutil.rmtree(final)
+            work.mkdir(parents=True, exist_ok=True)
+        self.state.wait_for_everyone()
         node_cfg = {
             "node": name,
             "key": key,
@@ -264,10 +276,10 @@ class Pipeline:
             "data": OmegaConf.to_container(self.cfg.data[node.data or DEFAULT_DATA[node.stage]], resolve=True),
             "upstream": {role: {"node": a.node, "key": a.key, "path": str(a.path)} for role, a in upstream.items()},
         }
-        (work / "config.json").write_text(json.dumps(redact(node_cfg), indent=2))
-        tracker = NodeTracker(
-            self.cfg.logger, self.cfg.name, name, node.stage, node_cfg, self.run_dir, work / "metrics.jsonl"
-        )
+        if self.main:
+            (work / "config.json").write_text(json.dumps(redact(node_cfg), indent=2))
+        logger = self.cfg.logger if self.main else OmegaConf.merge(self.cfg.logger, {"backend": "none"})
+        tracker = NodeTracker(logger, self.cfg.name, name, node.stage, node_cfg, self.run_dir, work / "metrics.jsonl")
         log.info("node %s: %s %s", name, "resuming in" if resumed else "training in", work)
         ok = False
         try:
@@ -277,9 +289,12 @@ class Pipeline:
             ok = True
         finally:
             tracker.finish(ok)
-        shutil.rmtree(work / "checkpoints", ignore_errors=True)
-        (work / COMPLETE).write_text(json.dumps({"key": key, "node": name, "metrics": metrics}, indent=2, default=str))
-        os.replace(work, final)
+        self.state.wait_for_everyone()
+        if self.main:
+            shutil.rmtree(work / "checkpoints", ignore_errors=True)
+            (work / COMPLETE).write_text(json.dumps({"key": key, "node": name, "metrics": metrics}, indent=2, default=str))
+            os.replace(work, final)
+        self.state.wait_for_everyone()
         return metrics
 
 

@@ -3,7 +3,6 @@ judged tiny pipeline with its report and W&B compare run."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest

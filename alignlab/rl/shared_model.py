@@ -11,7 +11,7 @@ after each switch, so policy and value both train while only one is active at a 
 """
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -197,11 +197,3 @@ class SharedBaseModel:
         """The policy alone as a peft adapter directory (what later nodes and evaluations load)."""
         self.model.save_pretrained(str(directory), selected_adapters=[POLICY])
         self.tokenizer.save_pretrained(str(directory))
-
-
-def autocast(precision: str):
-    """bf16/fp16 autocast on the model's device type, or nothing."""
-    if precision == "no":
-        return nullcontext()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.autocast(device, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)

@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 
 from alignlab.errors import AlignlabError
 from alignlab.rl import ppo_math as F
-from alignlab.rl.shared_model import SharedBaseModel, autocast
+from alignlab.models.precision import autocast
+from alignlab.rl.shared_model import SharedBaseModel
 
 log = logging.getLogger("alignlab.ppo")
 
@@ -169,7 +170,7 @@ class PPOTrainer:
             offset += g.numel()
 
     def update(self, r: Rollout) -> Dict[str, float]:
-        h, m = self.h, self.m
+        h = self.h
         n = r.input_ids.shape[0]
         micro = max(1, h.mini_batch_size // h.gradient_accumulation_steps)
         sums: Dict[str, List[float]] = {}

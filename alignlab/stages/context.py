@@ -10,19 +10,8 @@ import json
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from alignlab.errors import ConfigError
+from alignlab.models.precision import mixed_precision
 from alignlab.tracking import NodeTracker
-
-
-def mixed_precision(setting: str) -> str:
-    """Resolve `auto` to bf16 autocast where it is native (bf16 GPUs, AVX512-BF16/AMX CPUs), else no."""
-    if setting != "auto":
-        if setting not in ("no", "bf16", "fp16"):
-            raise ConfigError(f"stage mixed_precision '{setting}' is not one of auto, no, bf16, fp16")
-        return setting
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
 
 
 @dataclass
@@ -128,6 +117,8 @@ class StageContext:
         `drop_adapters` names helper adapters (e.g. a frozen reference copy) left out of the artifact.
         """
         checkpoint = self.last_checkpoint()
+        recorded = self.work_dir / "train_result.json"
+        previous = json.loads(recorded.read_text()) if recorded.is_file() else None
         result = trainer.train(resume_from_checkpoint=checkpoint)
         metrics: Dict[str, Any] = {
             "train_loss": result.training_loss,
@@ -136,18 +127,18 @@ class StageContext:
         }
         # Killed after the last step but before publishing: the rerun trains 0 steps, so the
         # training result recorded by the first attempt is the true one.
-        recorded = self.work_dir / "train_result.json"
-        if recorded.is_file() and result.global_step == metrics["resumed_from_step"]:
-            metrics = {**json.loads(recorded.read_text()), "resumed_from_step": metrics["resumed_from_step"]}
-        else:
+        if previous is not None and result.global_step == metrics["resumed_from_step"]:
+            metrics = {**previous, "resumed_from_step": metrics["resumed_from_step"]}
+        elif trainer.is_world_process_zero():
             recorded.write_text(json.dumps(metrics))
         if trainer.eval_dataset is not None:
             metrics.update(trainer.evaluate())
         for name in drop_adapters:
             if name in getattr(trainer.model, "peft_config", {}):
                 trainer.model.delete_adapter(name)
-        trainer.save_model(str(self.output_model_dir))
-        trainer.processing_class.save_pretrained(str(self.output_model_dir))
+        trainer.save_model(str(self.output_model_dir))  # main process only
+        if trainer.is_world_process_zero():
+            trainer.processing_class.save_pretrained(str(self.output_model_dir))
         return metrics
 
     @property

@@ -12,7 +12,8 @@ from typing import Dict
 from omegaconf import OmegaConf
 
 from alignlab.errors import ConfigError
-from alignlab.stages.context import StageContext, mixed_precision
+from alignlab.models.precision import mixed_precision
+from alignlab.stages.context import StageContext
 
 DATA_KIND = "prompt"
 

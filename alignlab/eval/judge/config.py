@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List
 
 from alignlab.models.config import ModelConfig
 
@@ -51,5 +51,6 @@ class JudgeConfig:
     batch_size: int = 4  # generation batch of the judged models and the local judge
     judge_max_new_tokens: int = 192  # the judge's explanation + verdict
     seed: int = 1234
+    mixed_precision: str = "auto"  # of response generation and the local judge (auto | no | bf16 | fp16)
     confidence: float = 0.95  # Wilson interval level of the win rates
     sample_responses: int = 3  # prompts shown side by side in the report

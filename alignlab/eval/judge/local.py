@@ -2,9 +2,10 @@
 
 `verdict: generate` lets the judge write its explanation and verdict (FastChat style; needs a
 judge that follows the `[[A]]` format). `verdict: logprobs` appends "My final verdict is: [["
-to the judge's turn and reads the next-token probabilities of A, B and C: one forward pass per
-judgement and always parseable, which makes very small judges usable (their position bias
-still shows in the consistency rate).
+to the judge's turn and compares the next-token probabilities of A and B: one forward pass per
+judgement, always parseable, and a forced choice, which makes very small judges usable (a tiny
+judge puts most mass on the tie option C whatever it reads). Ties then come only from the
+position swap, when the two orders disagree, and that rate shows the judge's position bias.
 """
 from __future__ import annotations
 
@@ -16,20 +17,23 @@ from tqdm.auto import tqdm
 
 from alignlab.errors import ConfigError
 from alignlab.models.generation import chat_generate
+from alignlab.models.precision import autocast
 
 VERDICT_PREFIX = "My final verdict is: [["
-OPTIONS = ("A", "B", "C")
+OPTIONS = ("A", "B")
 MODES = ("logprobs", "generate")
 
 
 class LocalJudge:
     """Judges with a loaded causal LM (default: the embedded SmolLM2)."""
 
-    def __init__(self, model_cfg, model_cache: str, max_tokens: int, batch_size: int, verdict: str):
+    def __init__(self, model_cfg, model_cache: str, max_tokens: int, batch_size: int, verdict: str,
+                 precision: str = "no"):
         if verdict not in MODES:
             raise ConfigError(f"judge.local_verdict '{verdict}' is not one of {', '.join(MODES)}")
         self.model_cfg, self.model_cache = model_cfg, model_cache
         self.max_tokens, self.batch_size, self.verdict = max_tokens, batch_size, verdict
+        self.precision = precision
         self._loaded = None
 
     @property
@@ -49,7 +53,7 @@ class LocalJudge:
         model, tokenizer = self._model()
         if self.verdict == "generate":
             return chat_generate(model, tokenizer, conversations, self.max_tokens, self.batch_size,
-                                 desc="judge (local)")
+                                 desc="judge (local)", precision=self.precision)
         return self._by_logprobs(model, tokenizer, conversations)
 
     @staticmethod
@@ -74,7 +78,8 @@ class LocalJudge:
                 texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) + VERDICT_PREFIX
                          for c in conversations[start:start + self.batch_size]]
                 enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-                probs = model(**enc).logits[:, -1, :].float().softmax(-1)[:, ids]
+                with autocast(self.precision):
+                    probs = model(**enc).logits[:, -1, :].float().softmax(-1)[:, ids]
                 for p in probs:
                     best = OPTIONS[int(p.argmax())]
                     shares = " ".join(f"{o}={float(v):.3f}" for o, v in zip(OPTIONS, p / p.sum()))

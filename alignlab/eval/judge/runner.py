@@ -12,7 +12,6 @@ import logging
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from omegaconf import OmegaConf
 
 from alignlab.data import load_data
 from alignlab.errors import ConfigError
@@ -20,6 +19,7 @@ from alignlab.eval.judge.cache import JsonCache, content_key
 from alignlab.eval.judge.templates import load_template
 from alignlab.eval.judge.verdicts import combine, parse_verdict, tally
 from alignlab.models.generation import chat_generate
+from alignlab.models.precision import mixed_precision
 
 log = logging.getLogger("alignlab.judge")
 BASE = "base"
@@ -30,7 +30,7 @@ def make_backend(judge_cfg, model_cache: str):
         from alignlab.eval.judge.local import LocalJudge
 
         return LocalJudge(judge_cfg.local, model_cache, judge_cfg.judge_max_new_tokens, judge_cfg.batch_size,
-                          judge_cfg.local_verdict)
+                          judge_cfg.local_verdict, mixed_precision(judge_cfg.mixed_precision))
     if judge_cfg.backend == "openai":
         from alignlab.eval.judge.http import OpenAICompatibleJudge
 
@@ -75,13 +75,13 @@ class JudgeChecks:
                 parent: Optional[str] = None) -> None:
         """Responses of one model (base or node) to the prompts; `load()` gives (model, tokenizer) on a miss."""
         j = self.judge_cfg
-        key = content_key({"what": identity, "prompts": self.prompts_key,
-                           "max_new_tokens": j.max_new_tokens, "decoding": "greedy"})
+        key = content_key({"what": identity, "prompts": self.prompts_key, "max_new_tokens": j.max_new_tokens,
+                           "decoding": "greedy", "precision": mixed_precision(j.mixed_precision)})
         responses = self.cache.get(key)
         if responses is None:
             model, tokenizer = load()
             responses = chat_generate(model, tokenizer, self.prompts, j.max_new_tokens, j.batch_size,
-                                      desc=f"responses ({label})")
+                                      desc=f"responses ({label})", precision=mixed_precision(j.mixed_precision))
             self.cache.put(key, responses)
         self.responses[label] = responses
         if label != BASE:
@@ -122,7 +122,8 @@ class JudgeChecks:
                 for order, (first, second) in enumerate(((ra, rb), (rb, ra))):
                     messages = self.template.messages(question, first, second)
                     key = content_key({"judge": backend.name, "template": self.template.text, "messages": messages,
-                                       "max_tokens": self.judge_cfg.judge_max_new_tokens})
+                                       "max_tokens": self.judge_cfg.judge_max_new_tokens,
+                                       "precision": mixed_precision(self.judge_cfg.mixed_precision)})
                     jobs.append({"a": a, "b": b, "prompt": i, "order": order, "messages": messages, "key": key})
         missing = [job for job in jobs if self.cache.get(job["key"]) is None]
         log.info("judge: %d comparison(s) x %d prompt(s) x 2 orders: %d cached, %d to judge",
