@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+import torch
 from accelerate import PartialState
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
@@ -135,7 +136,7 @@ class Pipeline:
         }
         # Under `accelerate launch` every process runs the pipeline: all train each node together;
         # the main process alone holds the node lock, publishes artifacts, evaluates and reports.
-        self.state = PartialState()
+        self.state = PartialState(cpu=not torch.cuda.is_available())
         self.main = self.state.is_main_process
         self.forgetting: Optional[ForgettingChecks] = None
         self.judging: Optional[JudgeChecks] = None

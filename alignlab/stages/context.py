@@ -49,6 +49,8 @@ def load_inference(cfg, artifact: Optional[Artifact] = None):
         model = load_base(cfg.model, cfg.quant, cache)
         if artifact is not None:
             model = load_adapter(model, artifact.adapter_dir, trainable=False)
+            if cfg.quant.method == "none":  # merged: generation and lm-eval run at the base's speed
+                model = model.merge_and_unload()
     return model.eval(), load_tokenizer(cfg.model, cache)
 
 

@@ -1,0 +1,132 @@
+"""Benchmark P3: peak memory of PPO's four models on one shared base (alignlab) vs four separately
+loaded models (the baseline: policy, reference, value and reward each with their own base, as
+trl's PPOTrainer holds them).
+
+Each setup runs in its own process and does the same work on the embedded SmolLM2: a reward
+forward pass, a reference forward pass, and policy and value forward+backward passes over one
+batch. Writes results/bench_ppo_memory.json with both peak RSS figures and their ratio.
+Usage: .venv/bin/python scripts/bench_ppo_memory.py [--quant none|bnb_4bit] [--batch 8 --seq 256]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+MODEL_CACHE = str(Path(os.environ.get("ALIGNLAB_CACHE", Path.home() / ".cache" / "alignlab")) / "models")
+GOAL = 0.4
+
+
+def _cfg(quant: str):
+    from alignlab.models import ModelConfig, PeftConfig, QuantConfig
+
+    return OmegaConf.create({"model": OmegaConf.structured(ModelConfig()),
+                             "quant": OmegaConf.structured(QuantConfig(method=quant)),
+                             "peft": OmegaConf.structured(PeftConfig()), "paths": {"model_cache": MODEL_CACHE}})
+
+
+def make_adapters(cfg, directory: Path) -> None:
+    """A policy LoRA adapter and a reward LoRA adapter with its score head, as pipeline nodes save them."""
+    from alignlab.models import add_adapter, load_base
+
+    for name, head in (("policy", "causal_lm"), ("reward", "score")):
+        model = add_adapter(load_base(cfg.model, cfg.quant, MODEL_CACHE, head=head), cfg.peft, cfg.quant, head=head)
+        model.save_pretrained(str(directory / name))
+
+
+def _batch(tokenizer, batch: int, seq: int):
+    ids = torch.randint(100, tokenizer.vocab_size - 100, (batch, seq), generator=torch.Generator().manual_seed(0))
+    return ids, torch.ones_like(ids)
+
+
+def run_shared(cfg, adapters: Path, batch: int, seq: int) -> None:
+    from alignlab.rl.shared_model import SharedBaseModel
+
+    m = SharedBaseModel(cfg, adapters / "policy", adapters / "reward")
+    ids, mask = _batch(m.tokenizer, batch, seq)
+    context = seq // 2
+    with torch.no_grad():
+        m.use("reward")
+        m._hidden(ids, mask)
+        m.use("default")
+        with m.reference():
+            m.response_logits(ids, mask, context, 1.0)
+    m.response_logits(ids, mask, context, 1.0).logsumexp(-1).mean().backward()
+    m.values(ids, mask, context).mean().backward()
+
+
+def run_separate(cfg, adapters: Path, batch: int, seq: int) -> None:
+    from alignlab.models import load_adapter, load_base, load_tokenizer
+
+    policy = load_adapter(load_base(cfg.model, cfg.quant, MODEL_CACHE), adapters / "policy", trainable=True)
+    ref = load_base(cfg.model, cfg.quant, MODEL_CACHE).eval()
+    value = load_adapter(load_base(cfg.model, cfg.quant, MODEL_CACHE, head="score"), adapters / "reward", trainable=True)
+    reward = load_adapter(load_base(cfg.model, cfg.quant, MODEL_CACHE, head="score"), adapters / "reward",
+                          trainable=False).eval()
+    ids, mask = _batch(load_tokenizer(cfg.model, MODEL_CACHE), batch, seq)
+    with torch.no_grad():
+        reward(input_ids=ids, attention_mask=mask)
+        ref(input_ids=ids, attention_mask=mask)
+    policy(input_ids=ids, attention_mask=mask).logits[:, seq // 2:].logsumexp(-1).mean().backward()
+    value(input_ids=ids, attention_mask=mask).logits.mean().backward()
+
+
+def child(setup: str, quant: str, adapters: Path, batch: int, seq: int) -> None:
+    cfg = _cfg(quant)
+    (run_shared if setup == "shared" else run_separate)(cfg, adapters, batch, seq)
+    print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def measure(setup: str, args, adapters: Path) -> float:
+    out = subprocess.run([sys.executable, __file__, "--child", setup, "--adapters", str(adapters), "--quant", args.quant,
+                          "--batch", str(args.batch), "--seq", str(args.seq)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mib"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quant", default="none", choices=["none", "bnb_4bit"])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--out", default="results/bench_ppo_memory.json")
+    parser.add_argument("--child", choices=["shared", "separate"], help=argparse.SUPPRESS)
+    parser.add_argument("--adapters", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args.child, args.quant, Path(args.adapters), args.batch, args.seq)
+    with tempfile.TemporaryDirectory(prefix="alignlab-bench-") as tmp:
+        make_adapters(_cfg(args.quant), Path(tmp))
+        print("measuring four separate models (baseline) ...", flush=True)
+        separate = measure("separate", args, Path(tmp))
+        print("measuring one shared base ...", flush=True)
+        shared = measure("shared", args, Path(tmp))
+    result = {
+        "benchmark": "P3 PPO memory: one shared base vs four models",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
+        "settings": {"model": "embedded:smollm2-135m-instruct", "quant": args.quant, "batch": args.batch, "seq": args.seq},
+        "baseline": {"name": "four separate models", "peak_rss_mib": round(separate, 1)},
+        "alignlab": {"name": "one shared base + adapters", "peak_rss_mib": round(shared, 1)},
+        "ratio": round(shared / separate, 3),
+        "goal": f"<= {GOAL}",
+        "meets_goal": shared / separate <= GOAL,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"peak RSS: four models {separate:.0f} MiB, shared base {shared:.0f} MiB, ratio {shared / separate:.2f} "
+          f"(goal <= {GOAL}) -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
