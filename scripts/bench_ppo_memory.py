@@ -5,7 +5,7 @@ trl's PPOTrainer holds them).
 Each setup runs in its own process and does the same work on the embedded SmolLM2: a reward
 forward pass, a reference forward pass, and policy and value forward+backward passes over one
 batch. Writes results/bench_ppo_memory.json with both peak RSS figures and their ratio.
-Usage: .venv/bin/python scripts/bench_ppo_memory.py [--quant none|bnb_4bit] [--batch 8 --seq 256]
+Usage: .venv/bin/python scripts/bench_ppo_memory.py [--quant none|bnb_4bit] [--batch 4 --seq 160]
 """
 from __future__ import annotations
 
@@ -81,24 +81,34 @@ def run_separate(cfg, adapters: Path, batch: int, seq: int) -> None:
     value(input_ids=ids, attention_mask=mask).logits.mean().backward()
 
 
+def _peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def child(setup: str, quant: str, adapters: Path, batch: int, seq: int) -> None:
+    import peft  # noqa: F401 - the runtime, imported before the baseline reading
+    import transformers  # noqa: F401
+
+    import alignlab.rl.shared_model  # noqa: F401
+
     cfg = _cfg(quant)
+    runtime = _peak_mib()
     (run_shared if setup == "shared" else run_separate)(cfg, adapters, batch, seq)
-    print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(json.dumps({"peak_rss_mib": _peak_mib(), "runtime_rss_mib": runtime}))
 
 
-def measure(setup: str, args, adapters: Path) -> float:
+def measure(setup: str, args, adapters: Path) -> dict:
     out = subprocess.run([sys.executable, __file__, "--child", setup, "--adapters", str(adapters), "--quant", args.quant,
                           "--batch", str(args.batch), "--seq", str(args.seq)],
                          capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mib"]
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quant", default="none", choices=["none", "bnb_4bit"])
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seq", type=int, default=160)
     parser.add_argument("--out", default="results/bench_ppo_memory.json")
     parser.add_argument("--child", choices=["shared", "separate"], help=argparse.SUPPRESS)
     parser.add_argument("--adapters", help=argparse.SUPPRESS)
@@ -116,16 +126,20 @@ def main() -> None:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
         "settings": {"model": "embedded:smollm2-135m-instruct", "quant": args.quant, "batch": args.batch, "seq": args.seq},
-        "baseline": {"name": "four separate models", "peak_rss_mib": round(separate, 1)},
-        "alignlab": {"name": "one shared base + adapters", "peak_rss_mib": round(shared, 1)},
-        "ratio": round(shared / separate, 3),
-        "goal": f"<= {GOAL}",
-        "meets_goal": shared / separate <= GOAL,
+        "baseline": {"name": "four separate models", **separate},
+        "alignlab": {"name": "one shared base + adapters", **shared},
+        "ratio": round(shared["peak_rss_mib"] / separate["peak_rss_mib"], 3),
+        # Without the Python/torch runtime both processes carry (its RSS before any model is built).
+        "ratio_above_runtime": round((shared["peak_rss_mib"] - shared["runtime_rss_mib"])
+                                     / (separate["peak_rss_mib"] - separate["runtime_rss_mib"]), 3),
+        "goal": f"ratio <= {GOAL}",
     }
+    result["meets_goal"] = result["ratio"] <= GOAL
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"peak RSS: four models {separate:.0f} MiB, shared base {shared:.0f} MiB, ratio {shared / separate:.2f} "
-          f"(goal <= {GOAL}) -> {args.out}")
+    print(f"peak RSS: four models {separate['peak_rss_mib']:.0f} MiB, shared base {shared['peak_rss_mib']:.0f} MiB, "
+          f"ratio {result['ratio']:.2f} ({result['ratio_above_runtime']:.2f} above the runtime; goal <= {GOAL}) "
+          f"-> {args.out}")
 
 
 if __name__ == "__main__":

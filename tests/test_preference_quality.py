@@ -17,7 +17,7 @@ ALIGNLAB = str(Path(sys.executable).parent / "alignlab")  # the console script o
 @pytest.mark.slow
 def test_hh_preference_experiment_clears_accuracy_bars(data_home, model_cache, tmp_path):
     run_dir = tmp_path / "run"
-    cmd = [ALIGNLAB, "experiment=hh_preference", "logger=none", "eval=none",
+    cmd = [ALIGNLAB, "experiment=hh_preference", "logger=none", "eval=none", "judge=none",
            f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run_dir}"]
     done = subprocess.run(cmd, env=alignlab_env(data_home, model_cache), capture_output=True, text=True, timeout=3600)
     assert done.returncode == 0, done.stderr[-3000:]

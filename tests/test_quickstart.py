@@ -28,6 +28,8 @@ def test_quickstart_sft_node_with_wandb_offline(data_home, model_cache, tmp_path
         "data.sft.max_eval_rows=4",
         "stage.sft.max_length=256",
         "eval.limit=10",
+        "judge.num_prompts=2",
+        "judge.max_new_tokens=24",
         f"paths.cache_dir={tmp_path / 'cache'}",
         f"hydra.run.dir={run_dir}",
     ]
@@ -46,10 +48,20 @@ def test_quickstart_sft_node_with_wandb_offline(data_home, model_cache, tmp_path
     assert set(forgetting["base"]) == set(forgetting["tasks"]) == set(forgetting["nodes"]["sft"]["scores"])
     assert all(0.0 <= s["acc"] <= 1.0 for s in forgetting["base"].values())
 
-    run_files = list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
-    assert len(run_files) == 1
-    recs = list(records(run_files[0]))
-    run = next(r.run for r in recs if r.WhichOneof("record_type") == "run")
+    judge = summary["judge"]["comparisons"]["sft:base"]
+    assert judge["n"] + judge["unparseable"] == 2
+    report = (run_dir / "report.md").read_text()
+    assert "## Forgetting checks" in report and "sft vs base" in report
+
+    runs = {}
+    for path in run_dir.glob("wandb/offline-run-*/run-*.wandb"):
+        recs = list(records(path))
+        run = next(r.run for r in recs if r.WhichOneof("record_type") == "run")
+        runs[run.job_type] = (run, recs)
+    assert set(runs) == {"sft", "compare"}  # one run per node plus the experiment's compare run
+    run, recs = runs["sft"]
     assert (run.run_group, run.job_type, run.display_name) == ("quickstart", "sft", "sft")
     logged = set().union(*(_history_keys(r) for r in recs if r.WhichOneof("record_type") == "history"))
     assert "loss" in logged and "eval_loss" in logged
+    compare, _ = runs["compare"]
+    assert compare.run_group == "quickstart"
