@@ -102,7 +102,8 @@ def _forgetting_section(section: dict, plots: Path) -> List[Block]:
                     row.append("")
                     continue
                 parent = "" if d["vs_parent"] is None else f" / {d['vs_parent']:+.1f}"
-                row.append(f"{d['node']:.3f} ({d['vs_base']:+.1f}{parent})")
+                err = node["scores"][task].get(f"{metric}_stderr")
+                row.append(f"{d['node']:.3f}" + (f" ± {err:.3f}" if err else "") + f" ({d['vs_base']:+.1f}{parent})")
             rows.append(row)
     violations = section.get("violations", [])
     gate = (f"Gate ({section['gate']}, max drop {section['max_drop']} points): "
@@ -145,7 +146,8 @@ def _judge_section(section: dict, plots: Path, samples: int) -> List[Block]:
         if c["win_rate"] is None:
             continue
         lo, hi = c["win_rate_ci"]
-        ax.errorbar([c["win_rate"]], [i], xerr=[[c["win_rate"] - lo], [hi - c["win_rate"]]], fmt="o", capsize=3)
+        err = [[max(0.0, c["win_rate"] - lo)], [max(0.0, hi - c["win_rate"])]]
+        ax.errorbar([c["win_rate"]], [i], xerr=err, fmt="o", capsize=3)
     ax.axvline(0.5, color="grey", lw=0.8, ls="--")
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.set_xlim(0, 1)
@@ -154,11 +156,17 @@ def _judge_section(section: dict, plots: Path, samples: int) -> List[Block]:
     path = plots / "judge_win_rates.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    models = list(dict.fromkeys([c["a"] for c in comparisons] + [c["b"] for c in comparisons]))
+    cells = {(c["a"], c["b"]): "n/a" if c["win_rate"] is None else
+             f"{c['win_rate']:.2f} [{c['win_rate_ci'][0]:.2f}, {c['win_rate_ci'][1]:.2f}]" for c in comparisons}
+    matrix = [[a, *[cells.get((a, b), "") for b in models]] for a in models if any((a, b) in cells for b in models)]
     blocks: List[Block] = [
         ("p", f"Judge {section['judge']} with template {section['template']} on {section['prompts']['count']} "
               f"prompts, each pair judged in both orders; a verdict counts only when both orders agree. "
               f"Unparseable judge replies: {section.get('unparseable_replies', 0)}."),
-        ("table", (header, rows)), ("img", path)]
+        ("table", (header, rows)),
+        ("p", "Win-rate matrix: row model's win rate against the column model, with its interval."),
+        ("table", (["a \\ b", *models], matrix)), ("img", path)]
     return blocks + _samples(section, samples)
 
 
