@@ -22,13 +22,21 @@ log = logging.getLogger("alignlab")
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
     from alignlab.pipeline import run
 
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    if multirun and cfg.logger.group is None:  # the jobs of one grid share a W&B group
+        cfg.logger.group = f"{cfg.name}-grid-{Path(HydraConfig.get().sweep.dir).name}"
     try:
         summary = run(cfg)
     except AlignlabError as err:
         log.error("%s", err)
         print(f"alignlab: error: {err}", file=sys.stderr)
+        if multirun:  # Hydra records the failed job (grid summary) and goes on with the others
+            raise
         sys.exit(1)
     log.info("summary: %s/summary.json", summary["run_dir"])
     for name, node in summary["nodes"].items():

@@ -1,0 +1,174 @@
+"""Grid summary of a Hydra multirun: one row per job with its overrides and key metrics.
+
+`GridSummary` is a Hydra callback (registered in conf/config.yaml): after every job it records
+the job's status and error in `<job_dir>/job_status.json` and rewrites `grid_summary.csv`,
+`grid_summary.md`, `grid_summary.html` and `grid_summary.png` in the sweep directory, so the
+summary is complete even when a job fails (Hydra then stops without `on_multirun_end`).
+`python -m alignlab.grid <sweep_dir> [--metric M] [--key K]` rebuilds it by hand.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import html
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from filelock import FileLock
+from hydra.experimental.callback import Callback
+
+# Headline metrics picked per stage from a node's summary metrics.
+STAGE_METRICS = {
+    "reward": ("eval_accuracy",),
+    "dpo": ("eval_rewards/accuracies", "eval_rewards/margins"),
+    "ppo": ("final/reward_mean", "final/kl"),
+    "sft": ("eval_loss",),
+}
+
+
+def job_row(job_dir: Path) -> Dict[str, Any]:
+    """Overrides, status, error and flattened key metrics of one multirun job directory."""
+    overrides_file = job_dir / ".hydra" / "overrides.yaml"
+    overrides = []
+    if overrides_file.is_file():
+        import yaml
+
+        overrides = yaml.safe_load(overrides_file.read_text()) or []
+    row: Dict[str, Any] = {"job": job_dir.name, "overrides": " ".join(overrides)}
+    status_file, summary_file = job_dir / "job_status.json", job_dir / "summary.json"
+    status = json.loads(status_file.read_text()) if status_file.is_file() else {}
+    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    row["status"] = status.get("status") or summary.get("status") or "unknown"
+    row["error"] = status.get("error") or summary.get("error") or ""
+    for name, node in summary.get("nodes", {}).items():
+        row[f"{name}/status"] = node.get("status")
+        for metric in STAGE_METRICS.get(node.get("stage"), ()):
+            value = (node.get("metrics") or {}).get(metric)
+            if value is not None:
+                row[f"{name}/{metric}"] = value
+    forgetting = summary.get("forgetting") or {}
+    for name, node in forgetting.get("nodes", {}).items():
+        for d in node.get("deltas", []):
+            if d["metric"] == "acc" and d["vs_base"] is not None:
+                row[f"{name}/{d['task'].replace('alignlab_', '')} Δbase"] = d["vs_base"]
+    for key, c in ((summary.get("judge") or {}).get("comparisons") or {}).items():
+        row[f"judge {key} win_rate"] = c.get("win_rate")
+    return row
+
+
+def _columns(rows: List[Dict[str, Any]]) -> List[str]:
+    first = ["job", "overrides", "status"]
+    rest = sorted({k for r in rows for k in r} - set(first) - {"error"})
+    return first + rest + ["error"]
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else ("" if value is None else str(value))
+
+
+def _plot(rows: List[Dict[str, Any]], metric: str, key: str, path: Path) -> bool:
+    """`metric` against the value `key` takes in each job's overrides (numeric keys on a number line)."""
+    points = []
+    for r in rows:
+        value = next((o.split("=", 1)[1] for o in r["overrides"].split() if o.split("=", 1)[0].lstrip("+") == key), None)
+        if value is not None and isinstance(r.get(metric), (int, float)):
+            points.append((value, r[metric]))
+    if not points:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    try:
+        points = sorted((float(v), m) for v, m in points)
+    except ValueError:
+        points = sorted(points)
+    fig, ax = plt.subplots(figsize=(4.5, 3))
+    ax.plot([p[0] for p in points], [p[1] for p in points], marker="o")
+    ax.set_xlabel(key)
+    ax.set_ylabel(metric)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_grid_summary(sweep_dir: Path, metric: Optional[str] = None, key: Optional[str] = None) -> List[Dict[str, Any]]:
+    """Rebuild the grid summary files of `sweep_dir` from its job directories; returns the rows."""
+    sweep_dir = Path(sweep_dir)
+    jobs = sorted((d for d in sweep_dir.iterdir() if d.is_dir() and (d / ".hydra").is_dir()),
+                  key=lambda d: (len(d.name), d.name))
+    rows = [job_row(d) for d in jobs]
+    columns = _columns(rows)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows([{c: _fmt(r.get(c)) for c in columns} for r in rows])
+    _atomic_write(sweep_dir / "grid_summary.csv", buffer.getvalue())
+    failed = [r for r in rows if r["status"] not in ("ok", "unknown")]
+    md = [f"# Grid summary: {sweep_dir}", "", f"{len(rows)} job(s), {len(failed)} failed.", "",
+          "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    md += ["| " + " | ".join(_fmt(r.get(c)).replace("|", "\\|") for c in columns) + " |" for r in rows]
+    if failed:
+        md += ["", "## Failed jobs", ""] + [f"- job {r['job']} ({r['overrides']}): {r['error']}" for r in failed]
+    plotted = bool(metric and key) and _plot(rows, metric, key, sweep_dir / "grid_summary.png")
+    if plotted:
+        md += ["", f"![{metric} vs {key}](grid_summary.png)"]
+    _atomic_write(sweep_dir / "grid_summary.md", "\n".join(md) + "\n")
+    body = ["<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in columns) + "</tr>"]
+    body += ["<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in columns) + "</tr>" for r in rows]
+    _atomic_write(sweep_dir / "grid_summary.html",
+                  f"<!doctype html><meta charset='utf-8'><h1>Grid summary</h1><p>{len(rows)} job(s), "
+                  f"{len(failed)} failed.</p>" + "".join(body) + "</table>"
+                  + ("<img src='grid_summary.png'>" if plotted else ""))
+    return rows
+
+
+class GridSummary(Callback):
+    """Hydra callback: job status per job, grid summary of the sweep after every job."""
+
+    def __init__(self, metric: Optional[str] = None, key: Optional[str] = None):
+        self.metric, self.key = metric, key
+
+    def on_job_end(self, config, job_return, **kwargs) -> None:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hydra_cfg = HydraConfig.get()
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            return
+        job_dir = Path(hydra_cfg.runtime.output_dir)
+        failed = job_return.status.name == "FAILED"
+        error = job_return._return_value if failed else None
+        (job_dir / "job_status.json").write_text(json.dumps({
+            "status": "failed" if failed else "ok",
+            "error": f"{type(error).__name__}: {error}" if error is not None else "",
+            "overrides": list(hydra_cfg.overrides.task),
+        }))
+        sweep_dir = Path(hydra_cfg.sweep.dir)
+        with FileLock(str(sweep_dir / "grid_summary.lock")):
+            write_grid_summary(sweep_dir, self.metric, self.key)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Rebuild the grid summary of a multirun sweep directory.")
+    parser.add_argument("sweep_dir")
+    parser.add_argument("--metric", help="column to plot, e.g. dpo/eval_rewards/accuracies")
+    parser.add_argument("--key", help="swept override to plot it against, e.g. stage.dpo.beta")
+    args = parser.parse_args()
+    rows = write_grid_summary(Path(args.sweep_dir), args.metric, args.key)
+    print(f"{len(rows)} job(s) -> {Path(args.sweep_dir) / 'grid_summary.md'}")
+
+
+if __name__ == "__main__":
+    main()
