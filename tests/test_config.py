@@ -19,7 +19,7 @@ ALIGNLAB = str(Path(sys.executable).parent / "alignlab")  # the console script o
 def test_default_composes_to_quickstart(compose):
     cfg = compose()
     assert cfg.name == "quickstart"
-    assert list(cfg.pipeline.nodes) == ["sft", "rm", "dpo"]
+    assert list(cfg.pipeline.nodes) == ["sft", "rm", "dpo", "ppo"]
     assert cfg.model.name_or_path == "embedded:smollm2-135m-instruct"
     assert cfg.data.sft.exclude.dataset == ["vicuna"]
 
