@@ -1,0 +1,163 @@
+"""Benchmark P2: alignlab PPO vs trl 0.29.1's `trl.experimental.ppo.PPOTrainer` (the baseline), side by side.
+
+Same embedded SmolLM2-135M policy (LoRA r=16 on all linear layers), same reward model (the base
+with one seeded score head), same prompts (the mirror's Vicuna questions), batch, response
+length, PPO epochs, sampling temperature, KL coefficient, fp32 on CPU for both. trl runs in its
+own throwaway venv (`$ALIGNLAB_CACHE/bench/trl-0.29.1-venv`, created on first use: torch 2.13.0
+first, then trl==0.29.1 and peft) with its four models (policy+reference via a disabled adapter, full
+value model, reward model); alignlab runs its shared-base PPO (alignlab/rl). Each side is its
+own process so peak RSS is per side. Writes results/bench_ppo.json with episodes/s, peak RSS and
+the ratios. Usage: .venv/bin/python scripts/bench_ppo.py [--batch 8 --response-length 32 --iterations 3]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+CACHE = Path(os.environ.get("ALIGNLAB_CACHE", Path.home() / ".cache" / "alignlab"))
+MODEL_CACHE = str(CACHE / "models")
+TRL = "trl==0.29.1"
+VENV = CACHE / "bench" / "trl-0.29.1-venv"
+HERE = Path(__file__).resolve().parent
+GOALS = {"throughput_ratio": ">= 1.5", "peak_rss_ratio": "<= 0.6"}
+
+
+def _cfg():
+    from omegaconf import OmegaConf
+
+    from alignlab.models import ModelConfig, PeftConfig, QuantConfig
+
+    return OmegaConf.create({"model": OmegaConf.structured(ModelConfig()), "quant": OmegaConf.structured(QuantConfig()),
+                             "peft": OmegaConf.structured(PeftConfig(dropout=0.0)),
+                             "paths": {"model_cache": MODEL_CACHE}})
+
+
+def prepare(directory: Path, n_prompts: int) -> None:
+    """policy/ (full SmolLM2), reward/ (+ seeded score head), the same two as alignlab adapters, prompts."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from alignlab.data.mirror import data_home
+    from alignlab.models import add_adapter, load_base, load_tokenizer
+
+    if (directory / "prompts.jsonl").is_file():
+        return
+    cfg = _cfg()
+    tok = load_tokenizer(cfg.model, MODEL_CACHE)
+    load_base(cfg.model, cfg.quant, MODEL_CACHE).save_pretrained(directory / "policy")
+    tok.save_pretrained(directory / "policy")
+    torch.manual_seed(0)
+    reward = load_base(cfg.model, cfg.quant, MODEL_CACHE, head="score")
+    reward.save_pretrained(directory / "reward")
+    tok.save_pretrained(directory / "reward")
+    add_adapter(load_base(cfg.model, cfg.quant, MODEL_CACHE), cfg.peft, cfg.quant).save_pretrained(directory / "policy_adapter")
+    adapter = add_adapter(load_base(cfg.model, cfg.quant, MODEL_CACHE, head="score"), cfg.peft, cfg.quant, head="score")
+    adapter.save_pretrained(directory / "reward_adapter")
+    weights_file = directory / "reward_adapter" / "adapter_model.safetensors"
+    weights = load_file(str(weights_file))  # fresh LoRA (B = 0): the adapter model equals reward/
+    weights["base_model.model.score.weight"] = reward.score.weight.detach().clone()
+    save_file(weights, str(weights_file))
+    questions = [json.loads(l)["turns"][0] for l in (data_home(None) / "prompts" / "vicuna_question.jsonl").open()]
+    with open(directory / "prompts.jsonl", "w") as f:
+        for q in questions[:n_prompts]:
+            f.write(json.dumps({"prompt": [{"role": "user", "content": q}]}) + "\n")
+
+
+def alignlab_side(models: Path, args, out: Path) -> None:
+    import torch
+    from omegaconf import OmegaConf
+
+    from alignlab.rl.shared_model import SharedBaseModel
+    from alignlab.rl.trainer import PPOTrainer
+    from alignlab.stages.config import PPOStageConfig
+
+    torch.manual_seed(0)
+    h = OmegaConf.structured(PPOStageConfig(
+        iterations=args.iterations, rollout_batch_size=args.batch, mini_batch_size=args.batch,
+        ppo_epochs=args.ppo_epochs, max_new_tokens=args.response_length, temperature=0.7, kl_coef=0.05,
+        learning_rate=1e-4, save_steps=10**6, max_prompt_length=512, seed=0))
+    prompts = [json.loads(l)["prompt"] for l in (models / "prompts.jsonl").open()]
+    shared = SharedBaseModel(_cfg(), models / "policy_adapter", models / "reward_adapter", reference="base")
+    trainer = PPOTrainer(shared, h, prompts, "no")
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        trainer.train(Path(tmp) / "ckpt", Path(tmp) / "samples.jsonl")
+        seconds = time.perf_counter() - start
+    episodes = args.batch * args.iterations
+    out.write_text(json.dumps({"impl": "alignlab", "episodes": episodes, "seconds": round(seconds, 2),
+                               "episodes_per_s": episodes / seconds,
+                               "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def ensure_trl_venv() -> Path:
+    python = VENV / "bin" / "python"
+    if not (VENV / ".ready").is_file():
+        print(f"creating {VENV} (torch==2.13.0, then {TRL} and peft) ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "torch==2.13.0"], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", TRL, "peft"], check=True)
+        (VENV / ".ready").touch()
+    return python
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--response-length", type=int, default=32)
+    p.add_argument("--iterations", type=int, default=3)
+    p.add_argument("--ppo-epochs", type=int, default=1)
+    p.add_argument("--out", default="results/bench_ppo.json")
+    p.add_argument("--side", choices=["alignlab"], help=argparse.SUPPRESS)
+    p.add_argument("--models", help=argparse.SUPPRESS)
+    p.add_argument("--side-out", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.side:
+        return alignlab_side(Path(args.models), args, Path(args.side_out))
+    models = CACHE / "bench" / "ppo-models"
+    models.mkdir(parents=True, exist_ok=True)
+    prepare(models, n_prompts=max(64, args.batch * args.iterations))
+    trl_python = ensure_trl_venv()
+    settings = ["--batch-size", str(args.batch), "--response-length", str(args.response_length),
+                "--iterations", str(args.iterations), "--ppo-epochs", str(args.ppo_epochs)]
+    with tempfile.TemporaryDirectory() as tmp:
+        trl_out, ours_out = Path(tmp) / "trl.json", Path(tmp) / "alignlab.json"
+        print("running trl 0.29.1 PPOTrainer (baseline) ...", flush=True)
+        env = {**os.environ, "TRL_EXPERIMENTAL_SILENCE": "1", "HF_HUB_OFFLINE": "1"}
+        subprocess.run([str(trl_python), str(HERE / "bench" / "trl_ppo_side.py"), "--policy", str(models / "policy"),
+                        "--reward", str(models / "reward"), "--prompts", str(models / "prompts.jsonl"),
+                        "--out", str(trl_out), *settings], check=True, env=env)
+        print("running alignlab PPO ...", flush=True)
+        subprocess.run([sys.executable, __file__, "--side", "alignlab", "--models", str(models), "--side-out",
+                        str(ours_out), "--batch", str(args.batch), "--response-length", str(args.response_length),
+                        "--iterations", str(args.iterations), "--ppo-epochs", str(args.ppo_epochs)], check=True, env=env)
+        trl_result, ours = json.loads(trl_out.read_text()), json.loads(ours_out.read_text())
+    result = {
+        "benchmark": "P2 PPO: alignlab vs trl 0.29.1 PPOTrainer",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "settings": {"model": "embedded:smollm2-135m-instruct", "batch": args.batch,
+                     "response_length": args.response_length, "iterations": args.iterations,
+                     "ppo_epochs": args.ppo_epochs, "precision": "fp32", "lora": "r=16 all-linear"},
+        "baseline": trl_result, "alignlab": ours,
+        "throughput_ratio": round(ours["episodes_per_s"] / trl_result["episodes_per_s"], 3),
+        "peak_rss_ratio": round(ours["peak_rss_mib"] / trl_result["peak_rss_mib"], 3),
+        "goals": GOALS,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"trl: {trl_result['episodes_per_s']:.3f} episodes/s, {trl_result['peak_rss_mib']:.0f} MiB; alignlab: "
+          f"{ours['episodes_per_s']:.3f} episodes/s, {ours['peak_rss_mib']:.0f} MiB; throughput x"
+          f"{result['throughput_ratio']}, RSS x{result['peak_rss_ratio']} -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
