@@ -14,14 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
+
+from bench_common import write_result
 
 CACHE = Path(os.environ.get("ALIGNLAB_CACHE", Path.home() / ".cache" / "alignlab"))
 MODEL_CACHE = str(CACHE / "models")
@@ -142,8 +142,6 @@ def main() -> None:
         trl_result, ours = json.loads(trl_out.read_text()), json.loads(ours_out.read_text())
     result = {
         "benchmark": "P2 PPO: alignlab vs trl 0.29.1 PPOTrainer",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
         "settings": {"model": "embedded:smollm2-135m-instruct", "batch": args.batch,
                      "response_length": args.response_length, "iterations": args.iterations,
                      "ppo_epochs": args.ppo_epochs, "precision": "fp32", "lora": "r=16 all-linear"},
@@ -152,8 +150,7 @@ def main() -> None:
         "peak_rss_ratio": round(ours["peak_rss_mib"] / trl_result["peak_rss_mib"], 3),
         "goals": GOALS,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    write_result(args.out, result)
     print(f"trl: {trl_result['episodes_per_s']:.3f} episodes/s, {trl_result['peak_rss_mib']:.0f} MiB; alignlab: "
           f"{ours['episodes_per_s']:.3f} episodes/s, {ours['peak_rss_mib']:.0f} MiB; throughput x"
           f"{result['throughput_ratio']}, RSS x{result['peak_rss_ratio']} -> {args.out}")

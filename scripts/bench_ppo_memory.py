@@ -12,16 +12,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
+
+from bench_common import write_result
 
 MODEL_CACHE = str(Path(os.environ.get("ALIGNLAB_CACHE", Path.home() / ".cache" / "alignlab")) / "models")
 GOAL = 0.4
@@ -123,8 +123,6 @@ def main() -> None:
         shared = measure("shared", args, Path(tmp))
     result = {
         "benchmark": "P3 PPO memory: one shared base vs four models",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
         "settings": {"model": "embedded:smollm2-135m-instruct", "quant": args.quant, "batch": args.batch, "seq": args.seq},
         "baseline": {"name": "four separate models", **separate},
         "alignlab": {"name": "one shared base + adapters", **shared},
@@ -135,8 +133,7 @@ def main() -> None:
         "goal": f"ratio <= {GOAL}",
     }
     result["meets_goal"] = result["ratio"] <= GOAL
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    write_result(args.out, result)
     print(f"peak RSS: four models {separate['peak_rss_mib']:.0f} MiB, shared base {shared['peak_rss_mib']:.0f} MiB, "
           f"ratio {result['ratio']:.2f} ({result['ratio_above_runtime']:.2f} above the runtime; goal <= {GOAL}) "
           f"-> {args.out}")

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+
+from bench_common import write_result
 
 from alignlab.models import ModelConfig, PeftConfig, QuantConfig, add_adapter, load_base
 
@@ -46,18 +46,12 @@ def main() -> None:
     bf16 = seconds_per_step(model, batch, autocast=True, steps=args.steps)
     result = {
         "benchmark": "lora_step_smollm2_135m",
-        "date": datetime.now(timezone.utc).isoformat(),
-        "machine": {"cpu_count": torch.get_num_threads(), "platform": platform.platform(),
-                    "native_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())},
         "shape": {"batch": args.batch, "seq": args.seq, "steps": args.steps},
         "baseline": {"name": "fp32", "seconds_per_step": baseline},
         "bf16_autocast": {"seconds_per_step": bf16},
         "speedup_vs_baseline": baseline / bf16,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    print(json.dumps(write_result(args.out, result), indent=2))
 
 
 if __name__ == "__main__":

@@ -28,12 +28,18 @@ def main():
         p.add_argument(name, type=int, default=default)
     a = p.parse_args()
     tok = AutoTokenizer.from_pretrained(a.policy, padding_side="left")
+    # trl's PPO finds padding by token id; SmolLM2 pads with its EOS <|im_end|>, which also ends
+    # every chat turn, so trl would mask real tokens. Pad with the unused <|endoftext|> instead.
+    if tok.pad_token_id == tok.eos_token_id:
+        tok.pad_token = "<|endoftext|>"
     prompts = [json.loads(l)["prompt"] for l in open(a.prompts)]
     ids = [tok.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in prompts]
     dataset = Dataset.from_dict({"input_ids": [tok(t, add_special_tokens=False)["input_ids"] for t in ids]})
     policy = AutoModelForCausalLM.from_pretrained(a.policy, dtype=torch.float32)
     reward = AutoModelForSequenceClassification.from_pretrained(a.reward, num_labels=1, dtype=torch.float32)
     value = AutoModelForSequenceClassification.from_pretrained(a.reward, num_labels=1, dtype=torch.float32)
+    for model in (policy, reward, value):
+        model.config.pad_token_id = tok.pad_token_id
     with tempfile.TemporaryDirectory() as out:
         args = PPOConfig(
             output_dir=out, per_device_train_batch_size=a.batch_size, local_rollout_forward_batch_size=a.batch_size,
