@@ -252,6 +252,22 @@ def test_sharegpt_messages_and_bz2_json(tmp_path):
         load(path, "sft", format="messages")
 
 
+def test_messages_preference_pairs(tmp_path):
+    """UltraFeedback-binarized rows: chosen/rejected whole conversations sharing their prompt."""
+    user = {"role": "user", "content": "Name a prime"}
+    rows = [{"prompt": "Name a prime", "chosen": [user, {"role": "assistant", "content": "7"}],
+             "rejected": [user, {"role": "assistant", "content": "8"}]},
+            {"chosen": [user, {"role": "assistant", "content": "3"}],
+             "rejected": [{"role": "user", "content": "other"}, {"role": "assistant", "content": "4"}]}]
+    path = write_jsonl(tmp_path / "uf.jsonl", rows)
+    with pytest.raises(DataError, match=r"row 2 \(line 2\): field 'rejected': conversation before the final"):
+        load(path, "preference", format="messages")
+    data = load(path, "preference", format="messages", on_bad_row="drop", eval_fraction=0)
+    assert data.train == [{"prompt": [user], "chosen": [{"role": "assistant", "content": "7"}],
+                           "rejected": [{"role": "assistant", "content": "8"}]}]
+    assert load(path, "prompt", format="messages", on_bad_row="drop", eval_fraction=0).train == [{"prompt": [user]}]
+
+
 def test_annotation_fractional_preference_is_a_tie(tmp_path):
     records = [{"instruction": "q", "output_1": "a", "output_2": "b", "preference": p} for p in (1, 1.5, 2.0)]
     path = tmp_path / "ann.json"

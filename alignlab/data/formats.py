@@ -121,15 +121,36 @@ def _sharegpt(r: dict) -> list:
     return [{"messages": messages}]
 
 
-def _messages(r: dict) -> list:
+def _message_list(r: dict, key: str) -> list:
     messages = []
-    for i, m in enumerate(_list(r, "messages")):
-        at = f"messages[{i}]"
+    for i, m in enumerate(_list(r, key)):
+        at = f"{key}[{i}]"
         role = _text(m, "role", at)
         if role not in ("system", "user", "assistant"):
             raise BadRow(f"{at}.role", f"unknown role {role!r}")
         messages.append(_msg(role, _text(m, "content", at)))
-    return [{"messages": messages}]
+    return messages
+
+
+def _messages(r: dict) -> list:
+    return [{"messages": _message_list(r, "messages")}]
+
+
+def _messages_pair(r: dict) -> list:
+    """`chosen` / `rejected` as whole conversations (UltraFeedback-binarized shape) that share
+    everything before their final assistant turn."""
+    chosen, rejected = _message_list(r, "chosen"), _message_list(r, "rejected")
+    for key, conversation in (("chosen", chosen), ("rejected", rejected)):
+        if len(conversation) < 2 or conversation[-1]["role"] != "assistant":
+            raise BadRow(key, "expected a conversation ending with an assistant turn")
+    if chosen[:-1] != rejected[:-1]:
+        raise BadRow("rejected", "conversation before the final assistant turn differs from 'chosen'")
+    return [_pair(chosen[:-1], chosen[-1]["content"], rejected[-1]["content"])]
+
+
+def _messages_prompt(r: dict) -> list:
+    """The conversation before the last assistant turn, from either record shape."""
+    return [to_prompt(row) for row in (_messages(r) if isinstance(r, dict) and "messages" in r else _messages_pair(r))]
 
 
 # --- Anthropic HH-RLHF transcripts --------------------------------------------------------
@@ -244,7 +265,7 @@ FORMATS: dict[str, dict[str, Parser]] = {
     "alpaca_eval": {"sft": _alpaca_eval},
     "alpaca_eval_annotations": {"preference": _annotation_pair, "prompt": _annotation_prompt},
     "sharegpt": {"sft": _sharegpt},
-    "messages": {"sft": _messages},
+    "messages": {"sft": _messages, "preference": _messages_pair, "prompt": _messages_prompt},
     "oasst": {"sft": _oasst_sft, "preference": _oasst_preference},
     "hh_rlhf": {"sft": _hh_sft, "preference": _hh_preference},
     "self_instruct": {"sft": _self_instruct},
