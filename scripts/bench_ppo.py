@@ -2,12 +2,14 @@
 
 Same embedded SmolLM2-135M policy (LoRA r=16 on all linear layers), same reward model (the base
 with one seeded score head), same prompts (the mirror's Vicuna questions), batch, response
-length, PPO epochs, sampling temperature, KL coefficient, fp32 on CPU for both. trl runs in its
+length, PPO epochs, sampling temperature, KL coefficient and autocast precision (bf16 by default:
+trl's PPOConfig and alignlab both default to it on a bf16-capable CPU; --precision fp32). trl runs in its
 own throwaway venv (`$ALIGNLAB_CACHE/bench/trl-0.29.1-venv`, created on first use: torch 2.13.0
 first, then trl==0.29.1 and peft) with its four models (policy+reference via a disabled adapter, full
 value model, reward model); alignlab runs its shared-base PPO (alignlab/rl). Each side is its
 own process so peak RSS is per side. Writes results/bench_ppo.json with episodes/s, peak RSS and
 the ratios. Usage: .venv/bin/python scripts/bench_ppo.py [--batch 8 --response-length 32 --iterations 3]
+[--precision bf16|fp32 --out results/bench_ppo.json]
 """
 from __future__ import annotations
 
@@ -87,7 +89,7 @@ def alignlab_side(models: Path, args, out: Path) -> None:
         learning_rate=1e-4, save_steps=10**6, max_prompt_length=512, seed=0))
     prompts = [json.loads(l)["prompt"] for l in (models / "prompts.jsonl").open()]
     shared = SharedBaseModel(_cfg(), models / "policy_adapter", models / "reward_adapter", reference="base")
-    trainer = PPOTrainer(shared, h, prompts, "no")
+    trainer = PPOTrainer(shared, h, prompts, "no" if args.precision == "fp32" else "bf16")
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         trainer.train(Path(tmp) / "ckpt", Path(tmp) / "samples.jsonl")
@@ -115,6 +117,8 @@ def main() -> None:
     p.add_argument("--response-length", type=int, default=32)
     p.add_argument("--iterations", type=int, default=3)
     p.add_argument("--ppo-epochs", type=int, default=1)
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="bf16",
+                   help="autocast of both sides (bf16: both libraries' default on a bf16-capable CPU)")
     p.add_argument("--out", default="results/bench_ppo.json")
     p.add_argument("--side", choices=["alignlab"], help=argparse.SUPPRESS)
     p.add_argument("--models", help=argparse.SUPPRESS)
@@ -127,7 +131,7 @@ def main() -> None:
     prepare(models, n_prompts=max(64, args.batch * args.iterations))
     trl_python = ensure_trl_venv()
     settings = ["--batch-size", str(args.batch), "--response-length", str(args.response_length),
-                "--iterations", str(args.iterations), "--ppo-epochs", str(args.ppo_epochs)]
+                "--iterations", str(args.iterations), "--ppo-epochs", str(args.ppo_epochs), "--precision", args.precision]
     with tempfile.TemporaryDirectory() as tmp:
         trl_out, ours_out = Path(tmp) / "trl.json", Path(tmp) / "alignlab.json"
         print("running trl 0.29.1 PPOTrainer (baseline) ...", flush=True)
@@ -138,13 +142,14 @@ def main() -> None:
         print("running alignlab PPO ...", flush=True)
         subprocess.run([sys.executable, __file__, "--side", "alignlab", "--models", str(models), "--side-out",
                         str(ours_out), "--batch", str(args.batch), "--response-length", str(args.response_length),
-                        "--iterations", str(args.iterations), "--ppo-epochs", str(args.ppo_epochs)], check=True, env=env)
+                        "--iterations", str(args.iterations), "--ppo-epochs", str(args.ppo_epochs),
+                        "--precision", args.precision], check=True, env=env)
         trl_result, ours = json.loads(trl_out.read_text()), json.loads(ours_out.read_text())
     result = {
         "benchmark": "P2 PPO: alignlab vs trl 0.29.1 PPOTrainer",
         "settings": {"model": "embedded:smollm2-135m-instruct", "batch": args.batch,
                      "response_length": args.response_length, "iterations": args.iterations,
-                     "ppo_epochs": args.ppo_epochs, "precision": "fp32", "lora": "r=16 all-linear"},
+                     "ppo_epochs": args.ppo_epochs, "precision": args.precision, "lora": "r=16 all-linear"},
         "baseline": trl_result, "alignlab": ours,
         "throughput_ratio": round(ours["episodes_per_s"] / trl_result["episodes_per_s"], 3),
         "peak_rss_ratio": round(ours["peak_rss_mib"] / trl_result["peak_rss_mib"], 3),

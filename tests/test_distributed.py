@@ -1,7 +1,8 @@
-"""`accelerate launch` with 2 CPU processes (gloo): the same pipeline trains SFT with DDP and then
-PPO with gradients averaged across processes; the main process alone publishes and reports.
+"""`accelerate launch --config_file accelerate/cpu_ddp.yaml` (2 CPU processes, gloo): one pipeline
+trains SFT, the reward model and DPO with DDP (trl trainers) and then PPO with gradients averaged
+across processes; the main process alone publishes and reports.
 
-accelerate 1.x spawns several processes only through its multi-process launcher (`--multi_gpu`,
+accelerate 1.x spawns several processes only through its multi-process launcher (MULTI_GPU,
 torchrun underneath; `--cpu` alone runs one process); on a machine without CUDA alignlab then
 joins a gloo process group on the CPU."""
 from __future__ import annotations
@@ -11,28 +12,29 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import TINY_SFT, alignlab_env
+from conftest import REPO, TINY_PREFERENCE, TINY_SFT, alignlab_env
 
 ACCELERATE = str(Path(sys.executable).parent / "accelerate")
 
 
-def test_sft_then_ppo_on_two_processes(data_home, model_cache, tmp_path):
+def test_sft_rm_dpo_ppo_on_two_processes(data_home, model_cache, tmp_path):
     run_dir = tmp_path / "run"
     cmd = [
-        ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "alignlab.cli",
-        *TINY_SFT, "pipeline=sft_ppo", "stage.sft.max_steps=2",
+        ACCELERATE, "launch", "--config_file", str(REPO / "accelerate" / "cpu_ddp.yaml"), "-m", "alignlab.cli",
+        *TINY_SFT, *TINY_PREFERENCE, "pipeline=full", "stage.sft.max_steps=2", "stage.reward.max_steps=2",
+        "stage.dpo.max_steps=2", "stage.dpo.per_device_train_batch_size=2",
         "data.prompts.max_train_rows=24", "stage.ppo.iterations=2", "stage.ppo.rollout_batch_size=2",
         "stage.ppo.mini_batch_size=2", "stage.ppo.ppo_epochs=1", "stage.ppo.max_new_tokens=6",
-        "+stage.ppo.reward_fn._target_=alignlab.rl.rewards.target_length", "+stage.ppo.reward_fn.words=4",
         f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run_dir}",
     ]
     done = subprocess.run(cmd, env=alignlab_env(data_home, model_cache), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "ok"
-    sft, ppo = summary["nodes"]["sft"], summary["nodes"]["ppo"]
-    assert sft["status"] == "trained" and sft["metrics"]["train_steps"] == 2
+    nodes = summary["nodes"]
+    for name in ("sft", "rm", "dpo"):
+        assert nodes[name]["status"] == "trained" and nodes[name]["metrics"]["train_steps"] == 2, name
+    ppo = nodes["ppo"]
     # 2 iterations x 2 prompts x 2 processes
     assert ppo["status"] == "trained" and ppo["metrics"]["episodes"] == 8
     artifact = Path(ppo["artifact"])

@@ -96,6 +96,33 @@ def test_ppo_with_programmatic_reward_resumes_from_checkpoint(compose, tmp_path)
     assert again.iteration == 3 and len(again.history) == 3
 
 
+def test_gradient_checkpointing_gives_the_same_gradients(compose):
+    """Checkpointed layers recompute in the backward pass with the adapter that ran the forward
+    (policy, then value), so policy and value gradients match the plain run."""
+    from alignlab.rl import rewards
+    from alignlab.rl.shared_model import SharedBaseModel
+    from alignlab.rl.trainer import PPOTrainer
+
+    cfg = compose(*TINY_PPO, "pipeline=sft_ppo")
+    prompts = [[{"role": "user", "content": f"Tell me about {w}."}] for w in ("cats", "rain", "tea", "maps")]
+    fn = rewards.resolve({"_target_": "alignlab.rl.rewards.target_length", "words": 3})
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        shared = SharedBaseModel(cfg, None, None, reference="base", value_init="fresh",
+                                 gradient_checkpointing=checkpointing)
+        with torch.no_grad():
+            shared.value_head.weight.normal_()  # a zero head would leave the value LoRA without gradient
+        assert shared.model.get_base_model().is_activation_checkpointing == checkpointing
+        trainer = PPOTrainer(shared, cfg.stage.ppo, prompts, "no", reward_fn=fn)
+        trainer._micro_step(trainer.rollout(0), [0, 1, 2, 3], 1.0)
+        grads.append([p.grad.clone() for p in trainer.params])
+        assert not shared.model.training  # back in eval mode for generation
+    assert len(grads[0]) == len(grads[1]) and sum(int(g.abs().sum() > 0) for g in grads[0]) > len(grads[0]) // 3
+    for plain, checkpointed in zip(*grads):
+        torch.testing.assert_close(checkpointed, plain, rtol=1e-4, atol=1e-6)
+
+
 def test_target_length_reward_and_bad_reward_specs():
     from alignlab.rl import rewards
 
@@ -111,4 +138,18 @@ def test_ppo_needs_exactly_one_reward_source(compose, tmp_path):
 
     cfg = compose(*TINY_PPO, "pipeline=sft_ppo", f"paths.run_dir={tmp_path / 'run'}")
     with pytest.raises(ConfigError, match="pipeline.nodes.ppo: a ppo node needs exactly one reward source"):
+        run(cfg)
+
+
+def test_ppo_refuses_sharding_engines(compose, tmp_path, monkeypatch):
+    """Under FSDP/DeepSpeed (accelerate/fsdp.yaml, zero*.yaml) the ppo node stops with an error
+    naming the node and the config to use."""
+    from alignlab.pipeline import run
+
+    run(compose(*TINY_PPO, "pipeline=sft", f"paths.run_dir={tmp_path / 'sft'}"))  # cached for the next run
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    cfg = compose(*TINY_PPO, "pipeline=sft_ppo", "+stage.ppo.reward_fn._target_=alignlab.rl.rewards.target_length",
+                  f"paths.run_dir={tmp_path / 'run'}")
+    with pytest.raises(ConfigError, match=r"pipeline.nodes.ppo: the ppo stage runs under plain data parallelism "
+                                          r"only .* launched with FSDP: use accelerate/ddp.yaml"):
         run(cfg)

@@ -8,6 +8,9 @@ memory plus four small adapters.
 
 peft's `set_adapter` also flips `requires_grad`; `use()` re-applies our own trainable set
 after each switch, so policy and value both train while only one is active at a time.
+
+With gradient checkpointing the decoder layers keep only their inputs and recompute the rest in
+the backward pass, which therefore has to run while the same adapter is active (`using`).
 """
 from __future__ import annotations
 
@@ -42,7 +45,7 @@ class SharedBaseModel:
     """The PPO models as adapters on one base; see the module docstring."""
 
     def __init__(self, cfg, policy_adapter: Optional[Path], reward_adapter: Optional[Path],
-                 reference: str = "sft", value_init: str = "reward"):
+                 reference: str = "sft", value_init: str = "reward", gradient_checkpointing: bool = False):
         from alignlab.models import add_adapter, copy_lora_weights, load_adapter, load_base, load_tokenizer, lora_config
 
         cache = cfg.paths.model_cache
@@ -84,7 +87,16 @@ class SharedBaseModel:
             for adapter in (POLICY, REF, VALUE, REWARD):
                 if f".{adapter}." in name:
                     self.adapter_params.setdefault(adapter, []).append(param)
-        self.model.eval()  # no dropout anywhere: rollout and update log-probs must match
+        # No dropout anywhere: rollout and update log-probs must match. Eval mode, except around
+        # gradient passes when checkpointing (transformers checkpoints only modules in training
+        # mode), so dropout is also switched off module by module.
+        for module in self.model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        self.checkpointing = gradient_checkpointing
+        if gradient_checkpointing:
+            self.model.get_base_model().activation_checkpointing_enable({"use_reentrant": False})
+        self.model.eval()
         self.use(POLICY)
 
     @property
@@ -103,14 +115,21 @@ class SharedBaseModel:
                 p.requires_grad_(name in (POLICY, VALUE))
 
     @contextmanager
+    def using(self, adapter: str):
+        """`adapter` active inside the block (forward and backward), then the one before it."""
+        previous = self.model.active_adapter
+        self.use(adapter)
+        try:
+            yield
+        finally:
+            self.use(previous)
+
+    @contextmanager
     def reference(self):
         """The reference policy: the frozen starting adapter, or the bare base."""
         if self.ref_adapter:
-            self.use(REF)
-            try:
+            with self.using(REF):
                 yield
-            finally:
-                self.use(POLICY)
         else:
             with self.model.disable_adapter():
                 yield
@@ -118,7 +137,14 @@ class SharedBaseModel:
     def _hidden(self, input_ids, attention_mask) -> torch.Tensor:
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         decoder = self.model.get_base_model().get_decoder()
-        return decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
+        checkpointed = self.checkpointing and torch.is_grad_enabled()
+        if checkpointed:
+            self.model.train()
+        try:
+            return decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
+        finally:
+            if checkpointed:  # generation stays in eval mode, with its KV cache
+                self.model.eval()
 
     def response_logits(self, input_ids, attention_mask, context: int, temperature: float) -> torch.Tensor:
         """Logits predicting tokens context..end of the active adapter's policy, divided by the
@@ -132,13 +158,11 @@ class SharedBaseModel:
         return logits / temperature
 
     def values(self, input_ids, attention_mask, context: int) -> torch.Tensor:
-        """V(state before each response token), from the value adapter and head."""
-        self.use(VALUE)
-        try:
+        """V(state before each response token), from the value adapter and head; back-propagate
+        inside `using(VALUE)` when checkpointing."""
+        with self.using(VALUE):
             hidden = self._hidden(input_ids, attention_mask)[:, context - 1:-1]
             return self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
-        finally:
-            self.use(POLICY)
 
     @torch.no_grad()
     def scores(self, prompts: Sequence[List[dict]], responses: Sequence[str], max_length: int,
@@ -150,18 +174,17 @@ class SharedBaseModel:
         texts = chat_texts(self.tokenizer, prompts, responses)
         side, self.tokenizer.truncation_side = self.tokenizer.truncation_side, "left"
         out = []
-        self.use(REWARD)
         try:
-            for i in range(0, len(texts), batch_size):
-                enc = self.tokenizer(texts[i:i + batch_size], return_tensors="pt", padding=True, truncation=True,
-                                     max_length=max_length, add_special_tokens=False).to(self.device)
-                hidden = self._hidden(enc["input_ids"], enc["attention_mask"])
-                not_pad = enc["input_ids"] != self.tokenizer.pad_token_id
-                last = (torch.arange(not_pad.shape[1], device=self.device) * not_pad).argmax(-1)
-                picked = hidden[torch.arange(hidden.shape[0], device=self.device), last]
-                out.append(self.reward_head(picked.to(self.reward_head.weight.dtype)).squeeze(-1).float())
+            with self.using(REWARD):
+                for i in range(0, len(texts), batch_size):
+                    enc = self.tokenizer(texts[i:i + batch_size], return_tensors="pt", padding=True, truncation=True,
+                                         max_length=max_length, add_special_tokens=False).to(self.device)
+                    hidden = self._hidden(enc["input_ids"], enc["attention_mask"])
+                    not_pad = enc["input_ids"] != self.tokenizer.pad_token_id
+                    last = (torch.arange(not_pad.shape[1], device=self.device) * not_pad).argmax(-1)
+                    picked = hidden[torch.arange(hidden.shape[0], device=self.device), last]
+                    out.append(self.reward_head(picked.to(self.reward_head.weight.dtype)).squeeze(-1).float())
         finally:
-            self.use(POLICY)
             self.tokenizer.truncation_side = side
         return torch.cat(out)
 

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from alignlab.errors import AlignlabError
 from alignlab.rl import ppo_math as F
 from alignlab.models.precision import autocast
-from alignlab.rl.shared_model import SharedBaseModel
+from alignlab.rl.shared_model import VALUE, SharedBaseModel
 
 log = logging.getLogger("alignlab.ppo")
 
@@ -200,10 +200,11 @@ class PPOTrainer:
             logprobs = gather_logprobs(logits, ids[:, r.context:])
             pg_loss, pg = F.policy_loss(logprobs, r.logprobs[idx], r.advantages[idx], mask, h.clip_range)
         (pg_loss * weight).backward()
-        with autocast(self.precision):
-            values = m.values(ids, attn, r.context).float()
-            vf_loss, vf = F.value_loss(values, r.values[idx], r.returns[idx], mask, h.clip_range_value)
-        (h.vf_coef * vf_loss * weight).backward()
+        with m.using(VALUE):  # the backward pass too: checkpointed layers recompute with this adapter
+            with autocast(self.precision):
+                values = m.values(ids, attn, r.context).float()
+                vf_loss, vf = F.value_loss(values, r.values[idx], r.returns[idx], mask, h.clip_range_value)
+            (h.vf_coef * vf_loss * weight).backward()
         for name, loss in (("policy", pg_loss), ("value", vf_loss)):
             if not torch.isfinite(loss):
                 raise PPODivergedError(f"stage.ppo: {name} loss is {loss.item()} at iteration {self.iteration + 1}; "

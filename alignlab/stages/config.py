@@ -103,6 +103,7 @@ class PPOStageConfig:
     reward_fn: Dict[str, Any] = field(default_factory=dict)  # {_target_: module.fn, **kwargs}; empty: reward node
     reward_max_length: int = 512  # tokens of prompt + response the reward model reads
     mixed_precision: str = "auto"
+    gradient_checkpointing: bool = False  # recompute layer activations in the backward passes (less memory)
     logging_steps: int = 1
     save_steps: int = 10  # checkpoint interval in iterations
     sample_responses: int = 4  # responses per iteration kept in samples.jsonl

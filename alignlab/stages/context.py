@@ -175,7 +175,7 @@ class StageContext:
             weight_decay=h["weight_decay"],
             max_grad_norm=h["max_grad_norm"],
             optim=h["optim"],
-            gradient_checkpointing=h["gradient_checkpointing"],
+            activation_checkpointing=h["gradient_checkpointing"],
             logging_steps=h["logging_steps"],
             eval_strategy="steps" if has_eval and h["eval_steps"] else "no",
             eval_steps=h["eval_steps"],

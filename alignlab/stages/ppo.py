@@ -7,6 +7,7 @@ The reward is the `reward` upstream node or a programmatic `stage.ppo.reward_fn`
 """
 from __future__ import annotations
 
+import os
 from typing import Dict
 
 from omegaconf import OmegaConf
@@ -16,6 +17,9 @@ from alignlab.models.precision import mixed_precision
 from alignlab.stages.context import StageContext
 
 DATA_KIND = "prompt"
+# Set by `accelerate launch` for engines that shard parameters, which adapter switching on one
+# shared base cannot follow.
+SHARDING_ENGINES = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed"}
 
 
 def run(ctx: StageContext) -> Dict[str, float]:
@@ -26,6 +30,11 @@ def run(ctx: StageContext) -> Dict[str, float]:
     from alignlab.rl.trainer import PPOTrainer
 
     h = ctx.hparams
+    for var, engine in SHARDING_ENGINES.items():
+        if os.environ.get(var, "").lower() in ("1", "true"):
+            raise ConfigError(f"pipeline.nodes.{ctx.node}: the ppo stage runs under plain data parallelism only "
+                              f"(its models are adapters on one shared base); this process was launched with "
+                              f"{engine}: use accelerate/ddp.yaml for ppo")
     set_seed(h.seed)
     reward_node, policy_node = ctx.upstream.get("reward"), ctx.upstream.get("policy")
     reward_fn = OmegaConf.to_container(h.reward_fn, resolve=True) if h.reward_fn else None
@@ -40,7 +49,7 @@ def run(ctx: StageContext) -> Dict[str, float]:
         ctx.cfg,
         policy_adapter=policy_node.adapter_dir if policy_node else None,
         reward_adapter=reward_node.adapter_dir if reward_node else None,
-        reference=h.reference, value_init=h.value_init,
+        reference=h.reference, value_init=h.value_init, gradient_checkpointing=h.gradient_checkpointing,
     )
     trainer = PPOTrainer(shared, h, [row["prompt"] for row in ctx.data.train], mixed_precision(h.mixed_precision),
                          reward_fn=rewards.resolve(reward_fn) if reward_fn else None, log_fn=ctx.tracker.log)

@@ -26,6 +26,7 @@ def main():
     for name, default in (("--batch-size", 8), ("--response-length", 32), ("--iterations", 3), ("--ppo-epochs", 1),
                           ("--seed", 0)):
         p.add_argument(name, type=int, default=default)
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     a = p.parse_args()
     tok = AutoTokenizer.from_pretrained(a.policy, padding_side="left")
     # trl's PPO finds padding by token id; SmolLM2 pads with its EOS <|im_end|>, which also ends
@@ -45,7 +46,7 @@ def main():
             output_dir=out, per_device_train_batch_size=a.batch_size, local_rollout_forward_batch_size=a.batch_size,
             num_mini_batches=1, gradient_accumulation_steps=1, total_episodes=a.batch_size * a.iterations,
             num_ppo_epochs=a.ppo_epochs, response_length=a.response_length, stop_token="eos", missing_eos_penalty=1.0,
-            temperature=0.7, kl_coef=0.05, learning_rate=1e-4, use_cpu=True, bf16=False, report_to="none",
+            temperature=0.7, kl_coef=0.05, learning_rate=1e-4, use_cpu=True, bf16=a.precision == "bf16", report_to="none",
             num_sample_generations=0, save_strategy="no", logging_steps=1, seed=a.seed,
         )
         trainer = PPOTrainer(args=args, processing_class=tok, model=policy, ref_model=None, reward_model=reward,
