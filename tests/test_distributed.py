@@ -43,3 +43,20 @@ def test_sft_rm_dpo_ppo_on_two_processes(data_home, model_cache, tmp_path):
     assert steps == [1, 2]  # logged once, by the main process
     samples = (artifact / "samples.jsonl").read_text().splitlines()
     assert len(samples) == 2 * 2  # the main process's own rollouts, sample_responses=4 per iteration cap
+
+
+def test_repository_accelerate_configs_load():
+    """accelerate/*.yaml parse with accelerate's own loader and ask for the engine they are named after."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    expected = {"cpu_ddp": ("MULTI_GPU", None), "ddp": ("MULTI_GPU", None), "fsdp": ("FSDP", None),
+                "zero2": ("DEEPSPEED", 2), "zero3": ("DEEPSPEED", 3)}
+    files = sorted((REPO / "accelerate").glob("*.yaml"))
+    assert [f.stem for f in files] == sorted(expected)
+    for path in files:
+        config = load_config_from_file(str(path))
+        engine, stage = expected[path.stem]
+        assert config.distributed_type == engine, path.name
+        if stage is not None:
+            assert config.deepspeed_config["zero_stage"] == stage
+    assert load_config_from_file(str(REPO / "accelerate" / "cpu_ddp.yaml")).num_processes == 2
