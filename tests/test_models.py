@@ -57,6 +57,42 @@ def test_training_template_renders_like_the_original(model_cache):
     assert tokenizer.decode(ids) == "4<|im_end|>"
 
 
+@pytest.mark.parametrize("name, expected", [
+    ("chatml", "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n"
+               "<|im_start|>assistant\n4<|im_end|>\n"),
+    ("zephyr", "<|system|>\nBe brief.<|im_end|>\n<|user|>\n2+2?<|im_end|>\n<|assistant|>\n4<|im_end|>\n"),
+    ("hh", "Be brief.\n\nHuman: 2+2?\n\nAssistant: 4<|im_end|>"),
+    ("plain", "Be brief.\n2+2?4<|im_end|>"),
+])
+def test_named_chat_templates_for_base_models(model_cache, name, expected):
+    """model.chat_template replaces the tokenizer's; the assistant mask is the answer + EOS."""
+    tokenizer = load_tokenizer(ModelConfig(name_or_path="embedded:tiny-llama", chat_template=name), model_cache)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
+                {"role": "assistant", "content": "4"}]
+    assert tokenizer.apply_chat_template(messages, tokenize=False) == expected
+    prompt = tokenizer.apply_chat_template(messages[:2], tokenize=False, add_generation_prompt=True)
+    assert expected.startswith(prompt.rstrip(":"))
+    rendered = tokenizer.apply_chat_template(messages, return_assistant_tokens_mask=True, return_dict=True)
+    answer = [i for i, m in zip(rendered["input_ids"], rendered["assistant_masks"]) if m]
+    assert tokenizer.decode(answer) == "4<|im_end|>"
+
+
+def test_model_without_chat_template_needs_one(model_cache, tmp_path):
+    base = load_tokenizer(TINY, model_cache)
+    base.chat_template = None
+    base.save_pretrained(tmp_path / "base")
+    (tmp_path / "base" / "chat_template.jinja").unlink(missing_ok=True)
+    load_base(TINY, QuantConfig(), model_cache).config.save_pretrained(tmp_path / "base")
+    with pytest.raises(ModelLoadError, match="has no chat template: set model.chat_template"):
+        load_tokenizer(ModelConfig(name_or_path=str(tmp_path / "base")), model_cache)
+    with pytest.raises(ModelLoadError, match="model.chat_template 'nope' is neither one of chatml"):
+        load_tokenizer(ModelConfig(name_or_path=str(tmp_path / "base"), chat_template="nope"), model_cache)
+    template = tmp_path / "mine.jinja"
+    template.write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    mine = load_tokenizer(ModelConfig(name_or_path=str(tmp_path / "base"), chat_template=str(template)), model_cache)
+    assert mine.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False) == "x"
+
+
 def test_score_head_and_lora_marks_head_trainable(model_cache):
     model = load_base(TINY, QuantConfig(), model_cache, head="score")
     assert model.score.out_features == 1

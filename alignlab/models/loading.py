@@ -8,6 +8,7 @@ from typing import Optional
 import torch
 
 from alignlab.errors import ModelLoadError
+from alignlab.models.chat_templates import TEMPLATES, resolve_chat_template
 from alignlab.models.config import ModelConfig, PeftConfig, QuantConfig
 from alignlab.models.embedded import embedded_model_dir, is_embedded
 
@@ -86,6 +87,12 @@ def load_tokenizer(cfg: ModelConfig, model_cache: str):
     from transformers import AutoTokenizer
 
     tokenizer = _from_pretrained(AutoTokenizer, resolve_model_path(cfg, model_cache), cfg)
+    template = resolve_chat_template(cfg.chat_template)
+    if template is not None:
+        tokenizer.chat_template = template
+    if not tokenizer.chat_template:
+        raise ModelLoadError(f"model '{cfg.name_or_path}' has no chat template: set model.chat_template "
+                             f"(one of {', '.join(TEMPLATES)}, or a .jinja file)")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
