@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import Optional
 
 import hydra
 from omegaconf import DictConfig
@@ -21,10 +22,12 @@ log = logging.getLogger("alignlab")
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> Optional[float]:
+    """Runs the pipeline; returns `objective.metric` of the run (what an Optuna sweep maximises)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from alignlab.grid import objective_value
     from alignlab.pipeline import run
 
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
@@ -32,6 +35,7 @@ def main(cfg: DictConfig) -> None:
         cfg.logger.group = f"{cfg.name}-grid-{Path(HydraConfig.get().sweep.dir).name}"
     try:
         summary = run(cfg)
+        objective = objective_value(cfg.objective, summary)
     except AlignlabError as err:
         log.error("%s", err)
         print(f"alignlab: error: {err}", file=sys.stderr)
@@ -41,6 +45,9 @@ def main(cfg: DictConfig) -> None:
     log.info("summary: %s/summary.json", summary["run_dir"])
     for name, node in summary["nodes"].items():
         log.info("node %s (%s): %s %s", name, node["stage"], node["status"], node.get("artifact", ""))
+    if objective is not None:
+        log.info("objective %s = %s", cfg.objective.metric, objective)
+    return objective
 
 
 if __name__ == "__main__":

@@ -54,6 +54,14 @@ class PathsConfig:
 
 
 @dataclass
+class ObjectiveConfig:
+    """What a run returns to a Hydra sweeper that optimises (Optuna): one grid-summary column."""
+
+    metric: Optional[str] = None  # e.g. "judge dpo:sft win_rate" or "dpo/eval_rewards/accuracies"
+    gate_fail_value: Optional[float] = None  # set: a run with forgetting-gate violations scores this
+
+
+@dataclass
 class RootConfig:
     name: str = "quickstart"  # experiment name: W&B group and summary title
     seed: int = 42
@@ -67,6 +75,7 @@ class RootConfig:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
 
 
 def register_configs() -> None:

@@ -29,6 +29,27 @@ STAGE_METRICS = {
 }
 
 
+def summary_row(summary: Dict[str, Any]) -> Dict[str, Any]:
+    """The flattened key metrics of one run's summary.json (the grid summary's metric columns)."""
+    row: Dict[str, Any] = {}
+    for name, node in summary.get("nodes", {}).items():
+        row[f"{name}/status"] = node.get("status")
+        for metric in STAGE_METRICS.get(node.get("stage"), ()):
+            value = (node.get("metrics") or {}).get(metric)
+            if value is not None:
+                row[f"{name}/{metric}"] = value
+    forgetting = summary.get("forgetting") or {}
+    if forgetting.get("nodes"):
+        row["forgetting/violations"] = len(forgetting.get("violations", []))
+    for name, node in forgetting.get("nodes", {}).items():
+        for d in node.get("deltas", []):
+            if d["metric"] == "acc" and d["vs_base"] is not None:
+                row[f"{name}/{d['task'].replace('alignlab_', '')} Δbase"] = d["vs_base"]
+    for key, c in ((summary.get("judge") or {}).get("comparisons") or {}).items():
+        row[f"judge {key} win_rate"] = c.get("win_rate")
+    return row
+
+
 def job_row(job_dir: Path) -> Dict[str, Any]:
     """Overrides, status, error and flattened key metrics of one multirun job directory."""
     overrides_file = job_dir / ".hydra" / "overrides.yaml"
@@ -43,20 +64,23 @@ def job_row(job_dir: Path) -> Dict[str, Any]:
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
     row["status"] = status.get("status") or summary.get("status") or "unknown"
     row["error"] = status.get("error") or summary.get("error") or ""
-    for name, node in summary.get("nodes", {}).items():
-        row[f"{name}/status"] = node.get("status")
-        for metric in STAGE_METRICS.get(node.get("stage"), ()):
-            value = (node.get("metrics") or {}).get(metric)
-            if value is not None:
-                row[f"{name}/{metric}"] = value
-    forgetting = summary.get("forgetting") or {}
-    for name, node in forgetting.get("nodes", {}).items():
-        for d in node.get("deltas", []):
-            if d["metric"] == "acc" and d["vs_base"] is not None:
-                row[f"{name}/{d['task'].replace('alignlab_', '')} Δbase"] = d["vs_base"]
-    for key, c in ((summary.get("judge") or {}).get("comparisons") or {}).items():
-        row[f"judge {key} win_rate"] = c.get("win_rate")
-    return row
+    return {**row, **summary_row(summary)}
+
+
+def objective_value(objective, summary: Dict[str, Any]) -> Optional[float]:
+    """The number a run returns to an optimising sweeper (conf `objective`), or None when unset."""
+    from alignlab.errors import ConfigError
+
+    if not objective.metric:
+        return None
+    row = summary_row(summary)
+    if objective.gate_fail_value is not None and row.get("forgetting/violations"):
+        return float(objective.gate_fail_value)
+    value = row.get(objective.metric)
+    if not isinstance(value, (int, float)):
+        raise ConfigError(f"objective.metric '{objective.metric}' is not a number in this run's summary; "
+                          f"numeric columns: {', '.join(sorted(k for k, v in row.items() if isinstance(v, (int, float))))}")
+    return float(value)
 
 
 def _columns(rows: List[Dict[str, Any]]) -> List[str]:

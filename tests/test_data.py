@@ -268,6 +268,19 @@ def test_messages_preference_pairs(tmp_path):
     assert load(path, "prompt", format="messages", on_bad_row="drop", eval_fraction=0).train == [{"prompt": [user]}]
 
 
+def test_guanaco_transcripts(tmp_path):
+    rows = [{"text": "### Human: Hola### Assistant: ¡Hola! ¿Qué tal?### Human: Bien### Assistant: Me alegro."},
+            {"text": "### Human: only a question"}]
+    path = write_jsonl(tmp_path / "guanaco.jsonl", rows)
+    with pytest.raises(DataError, match=r"row 2 \(line 2\): field 'text': no 'Assistant:' turn"):
+        load(path, "sft", format="guanaco")
+    data = load(path, "sft", format="guanaco", on_bad_row="drop", eval_fraction=0)
+    assert data.train[0]["messages"] == [{"role": "user", "content": "Hola"},
+                                         {"role": "assistant", "content": "¡Hola! ¿Qué tal?"},
+                                         {"role": "user", "content": "Bien"},
+                                         {"role": "assistant", "content": "Me alegro."}]
+
+
 def test_annotation_fractional_preference_is_a_tie(tmp_path):
     records = [{"instruction": "q", "output_1": "a", "output_2": "b", "preference": p} for p in (1, 1.5, 2.0)]
     path = tmp_path / "ann.json"

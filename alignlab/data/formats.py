@@ -153,15 +153,17 @@ def _messages_prompt(r: dict) -> list:
     return [to_prompt(row) for row in (_messages(r) if isinstance(r, dict) and "messages" in r else _messages_pair(r))]
 
 
-# --- Anthropic HH-RLHF transcripts --------------------------------------------------------
+# --- Human/Assistant transcripts (Anthropic HH-RLHF, Guanaco) -------------------------------
 
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+_GUANACO_TURN = re.compile(r"### (Human|Assistant):")
 
 
-def _transcript(r: dict, field: str) -> list:
-    """Turns of a "\\n\\nHuman: ...\\n\\nAssistant: ..." transcript; contents stripped and
-    consecutive turns of one speaker (a few HH rows have them) joined with a blank line."""
-    parts = _HH_TURN.split(_text(r, field))
+def _transcript(r: dict, field: str, turn: re.Pattern = _HH_TURN) -> list:
+    """Turns of a "\\n\\nHuman: ...\\n\\nAssistant: ..." transcript (or another `turn` marker);
+    contents stripped and consecutive turns of one speaker (a few HH rows have them) joined with
+    a blank line."""
+    parts = turn.split(_text(r, field))
     if parts[0].strip():
         raise BadRow(field, "text before the first 'Human:' turn")
     turns: list = []
@@ -180,6 +182,11 @@ def _transcript(r: dict, field: str) -> list:
 
 def _hh_sft(r: dict) -> list:
     return [{"messages": _transcript(r, "chosen")}]
+
+
+def _guanaco(r: dict) -> list:
+    """timdettmers/openassistant-guanaco: `text` = "### Human: ...### Assistant: ..." (QLoRA)."""
+    return [{"messages": _transcript(r, "text", _GUANACO_TURN)}]
 
 
 def _hh_preference(r: dict) -> list:
@@ -268,6 +275,7 @@ FORMATS: dict[str, dict[str, Parser]] = {
     "messages": {"sft": _messages, "preference": _messages_pair, "prompt": _messages_prompt},
     "oasst": {"sft": _oasst_sft, "preference": _oasst_preference},
     "hh_rlhf": {"sft": _hh_sft, "preference": _hh_preference},
+    "guanaco": {"sft": _guanaco},
     "self_instruct": {"sft": _self_instruct},
     "gsm8k": {"sft": _gsm8k},
     "mtbench": {"prompt": _first_turn},
