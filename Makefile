@@ -14,7 +14,7 @@ export ALIGNLAB_DATA_HOME ?= $(abspath ../shared/data)
 endif
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test test-slow test-all clean
+.PHONY: setup demo test test-experiments test-slow test-all clean
 
 setup: $(STAMP)
 
@@ -37,7 +37,11 @@ demo: setup
 	$(VENV)/bin/alignlab
 
 test: $(TEST_STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow"
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow and not experiments"
+
+# Every experiments/paper/*_mini.yaml end to end through the CLI (~7 min).
+test-experiments: $(TEST_STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m experiments
 
 test-slow: $(TEST_STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m slow

@@ -62,6 +62,7 @@ def test_training_template_renders_like_the_original(model_cache):
                "<|im_start|>assistant\n4<|im_end|>\n"),
     ("zephyr", "<|system|>\nBe brief.<|im_end|>\n<|user|>\n2+2?<|im_end|>\n<|assistant|>\n4<|im_end|>\n"),
     ("hh", "Be brief.\n\nHuman: 2+2?\n\nAssistant: 4<|im_end|>"),
+    ("guanaco", "Be brief.### Human: 2+2?### Assistant: 4<|im_end|>"),
     ("plain", "Be brief.\n2+2?4<|im_end|>"),
 ])
 def test_named_chat_templates_for_base_models(model_cache, name, expected):

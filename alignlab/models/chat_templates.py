@@ -46,6 +46,9 @@ TEMPLATES = {
     # Anthropic HH-RLHF transcripts: "\n\nHuman: ...\n\nAssistant: ...".
     "hh": _template({"system": ("", ""), "user": ("\n\nHuman: ", ""), "assistant": ("\n\nAssistant: ", "")},
                     "\n\nAssistant:"),
+    # QLoRA's Guanaco: "### Human: ...### Assistant: ...".
+    "guanaco": _template({"system": ("", ""), "user": ("### Human: ", ""), "assistant": ("### Assistant: ", "")},
+                         "### Assistant:"),
     # Raw text: the prompt as it is, the answer right after it (e.g. TL;DR summarisation).
     "plain": _template({"system": ("", "\n"), "user": ("", ""), "assistant": ("", "")}, ""),
 }

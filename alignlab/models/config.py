@@ -19,7 +19,7 @@ class ModelConfig:
     dtype: str = "auto"  # auto (fp32 on CPU, bf16 on CUDA) | float32 | bfloat16 | float16
     device_map: Optional[str] = "auto"  # auto (None on CPU, "auto" on CUDA) | cpu | cuda | any HF device_map string
     attn_implementation: Optional[str] = None
-    chat_template: Optional[str] = None  # None: the tokenizer's own | chatml | zephyr | hh | plain | a .jinja file
+    chat_template: Optional[str] = None  # None: the tokenizer's own | chatml | zephyr | hh | guanaco | plain | a .jinja file
 
 
 @dataclass
