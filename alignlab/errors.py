@@ -11,3 +11,7 @@ class ConfigError(AlignlabError, ValueError):
 
 class ModelLoadError(AlignlabError, OSError):
     """A model or adapter that cannot be found or loaded."""
+
+
+class TrainingDivergedError(AlignlabError):
+    """A loss or trainable weight became NaN/inf; the node is not published, its last checkpoint kept."""

@@ -22,16 +22,12 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 from tqdm.auto import tqdm
 
-from alignlab.errors import AlignlabError
+from alignlab.errors import AlignlabError, TrainingDivergedError
 from alignlab.rl import ppo_math as F
 from alignlab.models.precision import autocast
 from alignlab.rl.shared_model import VALUE, SharedBaseModel
 
 log = logging.getLogger("alignlab.ppo")
-
-
-class PPODivergedError(AlignlabError):
-    """A PPO loss or score became NaN/inf."""
 
 
 @dataclass
@@ -50,6 +46,22 @@ class Rollout:
     samples: List[Dict[str, Any]]
 
 
+def _finite_logits(node: str, iteration: int):
+    """A logits processor that stops sampling with TrainingDivergedError when the policy's next-token
+    scores are NaN/+inf (or a row has no finite score), instead of torch's sampling error."""
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    class FiniteLogits(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            if torch.isnan(scores).any() or torch.isposinf(scores).any() or torch.isneginf(scores).all(-1).any():
+                raise TrainingDivergedError(f"node {node}: the policy's next-token scores are NaN/inf while sampling "
+                                            f"at iteration {iteration + 1}; lower stage.ppo.learning_rate (the last "
+                                            "checkpoint is kept, the node is not published)")
+            return scores
+
+    return LogitsProcessorList([FiniteLogits()])
+
+
 def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
@@ -58,10 +70,11 @@ class PPOTrainer:
     """Runs `h.iterations` PPO iterations on a SharedBaseModel; checkpoints every `h.save_steps`."""
 
     def __init__(self, shared: SharedBaseModel, h, prompts: List[List[dict]], precision: str,
-                 reward_fn: Optional[Callable] = None, log_fn: Callable[[Dict[str, float], int], None] = lambda m, s: None):
+                 reward_fn: Optional[Callable] = None, log_fn: Callable[[Dict[str, float], int], None] = lambda m, s: None,
+                 node: str = "ppo"):
         from accelerate import Accelerator
 
-        self.m, self.h, self.precision = shared, h, precision
+        self.m, self.h, self.precision, self.node = shared, h, precision, node
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
         self.reward_fn, self.log_fn = reward_fn, log_fn
         tok = shared.tokenizer
@@ -82,6 +95,7 @@ class PPOTrainer:
         else:
             self.kl = F.FixedKLController(h.kl_coef)
         self.iteration = 0
+        self.resumed_from = 0  # the iteration of the checkpoint a rerun continued from
         self.history: List[Dict[str, float]] = []
 
     # -- rollout -----------------------------------------------------------------------------
@@ -111,7 +125,7 @@ class PPOTrainer:
         with autocast(self.precision):
             out = m.model.generate(**enc, do_sample=True, temperature=h.temperature, top_k=h.top_k or None,
                                    top_p=h.top_p, max_new_tokens=h.max_new_tokens, eos_token_id=tok.eos_token_id,
-                                   pad_token_id=tok.pad_token_id)
+                                   pad_token_id=tok.pad_token_id, logits_processor=_finite_logits(self.node, iteration))
         context = enc["input_ids"].shape[1]
         response = out[:, context:]
         is_eos = response == tok.eos_token_id
@@ -190,6 +204,10 @@ class PPOTrainer:
                 sums.setdefault("grad_norm", []).append(float(grad_norm))
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
+                if not all(torch.isfinite(p).all() for p in self.params):
+                    raise TrainingDivergedError(f"node {self.node}: a policy/value weight became NaN/inf at "
+                                                f"iteration {self.iteration + 1}; lower stage.ppo.learning_rate "
+                                                "(the last checkpoint is kept, the node is not published)")
         return {k: sum(v) / len(v) for k, v in sums.items()}
 
     def _micro_step(self, r: Rollout, idx: List[int], weight: float) -> Dict[str, float]:
@@ -207,8 +225,9 @@ class PPOTrainer:
             (h.vf_coef * vf_loss * weight).backward()
         for name, loss in (("policy", pg_loss), ("value", vf_loss)):
             if not torch.isfinite(loss):
-                raise PPODivergedError(f"stage.ppo: {name} loss is {loss.item()} at iteration {self.iteration + 1}; "
-                                       "lower stage.ppo.learning_rate (the last checkpoint is kept)")
+                raise TrainingDivergedError(f"node {self.node}: {name} loss is {loss.item()} at iteration "
+                                            f"{self.iteration + 1}; lower stage.ppo.learning_rate (the last "
+                                            "checkpoint is kept, the node is not published)")
         return {"loss/policy": pg_loss.item(), "loss/value": vf_loss.item(), "clipfrac": pg["clipfrac"],
                 "approx_kl": pg["approx_kl"], "value_clipfrac": vf["clipfrac"]}
 
@@ -224,7 +243,8 @@ class PPOTrainer:
             rollout = self.rollout(iteration)
             stats = {**rollout.stats, **self.update(rollout)}
             if not math.isfinite(stats["reward/mean"]):
-                raise PPODivergedError(f"stage.ppo: reward is {stats['reward/mean']} at iteration {iteration + 1}")
+                raise TrainingDivergedError(f"node {self.node}: reward is {stats['reward/mean']} at iteration "
+                                            f"{iteration + 1} (the last checkpoint is kept, the node is not published)")
             stats = self._mean_across_processes(stats)
             self.kl.update(stats["kl"], h.rollout_batch_size * self.accelerator.num_processes)
             stats["time/iteration"] = time.time() - start
@@ -277,4 +297,5 @@ class PPOTrainer:
         self.optimizer.load_state_dict(torch.load(last / "optimizer.pt", weights_only=True))
         state = json.loads((last / "state.json").read_text())
         self.iteration, self.kl.coef, self.history = state["iteration"], state["kl_coef"], state["history"]
+        self.resumed_from = self.iteration
         log.info("ppo: resumed from %s (iteration %d)", last, self.iteration)

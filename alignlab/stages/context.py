@@ -10,8 +10,29 @@ import json
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from alignlab.errors import TrainingDivergedError
 from alignlab.models.precision import mixed_precision
 from alignlab.tracking import NodeTracker
+
+
+def divergence_guard(node: str, stage: str):
+    """A trainer callback that stops training once a trainable weight is NaN/inf.
+
+    It runs at the end of every optimizer step, before the trainer writes that step's checkpoint,
+    so the newest checkpoint on disk is the last finite one. (transformers' own logging filters
+    NaN losses out of the logged average, so the weights are what is checked.)
+    """
+    from transformers import TrainerCallback
+
+    class DivergenceGuard(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if any(not torch.isfinite(p).all() for p in model.parameters() if p.requires_grad):
+                raise TrainingDivergedError(
+                    f"node {node}: a trainable weight became NaN/inf at step {state.global_step}; lower "
+                    f"stage.{stage}.learning_rate (checkpoints up to the last finite step are kept, the node "
+                    "is not published)")
+
+    return DivergenceGuard()
 
 
 @dataclass
@@ -109,7 +130,7 @@ class StageContext:
             train_dataset=Dataset.from_list(self.data.train),
             eval_dataset=Dataset.from_list(self.data.eval) if evaluate else None,
             processing_class=load_tokenizer(self.cfg.model, self.model_cache),
-            callbacks=[self.tracker.callback()],
+            callbacks=[self.tracker.callback(), divergence_guard(self.node, self.stage)],
             **kwargs,
         )
 

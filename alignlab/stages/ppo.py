@@ -52,7 +52,8 @@ def run(ctx: StageContext) -> Dict[str, float]:
         reference=h.reference, value_init=h.value_init, gradient_checkpointing=h.gradient_checkpointing,
     )
     trainer = PPOTrainer(shared, h, [row["prompt"] for row in ctx.data.train], mixed_precision(h.mixed_precision),
-                         reward_fn=rewards.resolve(reward_fn) if reward_fn else None, log_fn=ctx.tracker.log)
+                         reward_fn=rewards.resolve(reward_fn) if reward_fn else None, log_fn=ctx.tracker.log,
+                         node=ctx.node)
     ctx.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     final = trainer.train(ctx.checkpoint_dir, ctx.work_dir / "samples.jsonl")
     if trainer.accelerator.is_main_process:
@@ -62,6 +63,7 @@ def run(ctx: StageContext) -> Dict[str, float]:
     first = trainer.history[0]
     return {
         "iterations": trainer.iteration,
+        "resumed_from_iteration": trainer.resumed_from,
         "episodes": final.get("episodes"),
         "initial/reward_mean": first["reward/mean"],
         "final/reward_mean": final["reward/mean"],
