@@ -11,7 +11,6 @@ from alignlab.pipeline import COMPLETE, run
 from conftest import TINY_SFT
 
 
-
 def test_cache_reuses_finished_node_and_keys_on_config_and_data(compose, tmp_path):
     cache = tmp_path / "cache"
     first = run(compose(*TINY_SFT, run_dir=tmp_path / "r1", cache_dir=cache))
