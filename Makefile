@@ -14,7 +14,7 @@ export ALIGNLAB_DATA_HOME ?= $(abspath ../shared/data)
 endif
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test test-experiments test-slow test-all clean
+.PHONY: setup demo test test-experiments test-slow test-all bench clean
 
 setup: $(STAMP)
 
@@ -48,6 +48,10 @@ test-slow: $(TEST_STAMP)
 
 test-all: $(TEST_STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+# Every benchmark (P1-P5, ~1 h on 2 cores) -> results/*.json and README's performance section.
+bench: setup
+	HF_HUB_OFFLINE=1 $(PY) scripts/bench_all.py
 
 clean:
 	rm -rf outputs multirun .pytest_cache

@@ -25,10 +25,10 @@ MODEL_CACHE = str(Path(os.environ.get("ALIGNLAB_CACHE", Path.home() / ".cache" /
 GOAL = 0.5
 
 
-def _alignlab(*overrides: str) -> float:
+def _alignlab(*overrides: str, multirun: bool = False) -> float:
     start = time.perf_counter()
-    subprocess.run([ALIGNLAB, "experiment=grid/dpo_beta", "logger=none", *overrides], check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run([ALIGNLAB, *(["-m"] if multirun else []), "experiment=grid/dpo_beta", "logger=none", *overrides],
+                   check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - start
 
 
@@ -51,8 +51,8 @@ def main() -> None:
             print(f"  beta={beta}: {naive[beta]:.1f} s", flush=True)
         print("alignlab grid: one multirun sharing the stage cache ...", flush=True)
         sweep = tmp / "sweep"
-        shared = _alignlab("-m", f"stage.dpo.beta={args.betas}", f"paths.cache_dir={tmp / 'shared'}",
-                           f"hydra.sweep.dir={sweep}")
+        shared = _alignlab(f"stage.dpo.beta={args.betas}", f"paths.cache_dir={tmp / 'shared'}",
+                           f"hydra.sweep.dir={sweep}", multirun=True)
         rows = list(csv.DictReader((sweep / "grid_summary.csv").open()))
         sft_status = sorted(r["sft/status"] for r in rows)
     naive_total = sum(naive.values())

@@ -71,6 +71,7 @@ def alignlab_env(data_home: Path, model_cache: str) -> dict:
 
 
 TINY_SFT = (
+    "pipeline=sft",  # the quickstart's pipeline is `full`; tests name other pipelines after this
     "model=tiny",
     "logger=none",
     "eval=none",

@@ -30,6 +30,7 @@ def test_cache_reuses_finished_node_and_keys_on_config_and_data(compose, tmp_pat
     keys = {node["key"], lr["nodes"]["sft"]["key"], data["nodes"]["sft"]["key"]}
     assert len(keys) == 3
     assert lr["nodes"]["sft"]["status"] == data["nodes"]["sft"]["status"] == "trained"
+    assert adapter.stat().st_mtime_ns == stamp  # other config keys never write into a finished node
 
 
 def test_node_without_completion_marker_is_not_reused(compose, tmp_path):

@@ -30,7 +30,8 @@ def _text(record, key: str, at: str = "") -> str:
 def _list(record: dict, key: str, at: str = "") -> list:
     value = record.get(key)
     if not isinstance(value, list):
-        raise BadRow(f"{at}.{key}" if at else key, "expected a list")
+        raise BadRow(f"{at}.{key}" if at else key,
+                     "missing" if value is None else f"expected a list, got {type(value).__name__}")
     return value
 
 

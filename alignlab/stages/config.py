@@ -22,6 +22,7 @@ class TrainerConfig:
     optim: str = "adamw_torch"
     mixed_precision: str = "auto"  # auto (bf16 where the GPU/CPU computes it natively) | no | bf16 | fp16
     gradient_checkpointing: bool = False
+    on_too_long: str = "truncate"  # rows over max_length tokens: truncate (counted) | drop (counted) | error
     logging_steps: int = 5
     eval_steps: Optional[int] = None  # None: evaluate once at the end only
     save_steps: int = 50  # checkpoint interval (resume point after an interruption)

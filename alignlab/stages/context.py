@@ -1,11 +1,11 @@
 """What the pipeline hands a stage, and the pieces every trainer-based stage shares."""
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
-
-import json
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -14,6 +14,7 @@ from alignlab.errors import TrainingDivergedError
 from alignlab.models.precision import mixed_precision
 from alignlab.tracking import NodeTracker
 
+log = logging.getLogger("alignlab.stages")
 
 def divergence_guard(node: str, stage: str):
     """A trainer callback that stops training once a trainable weight is NaN/inf.
@@ -75,6 +76,32 @@ def load_inference(cfg, artifact: Optional[Artifact] = None):
     return model.eval(), load_tokenizer(cfg.model, cache)
 
 
+# TrainerConfig fields handed to transformers/trl under the same name.
+PASSED_THROUGH = ("learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+                  "per_device_eval_batch_size", "gradient_accumulation_steps", "lr_scheduler_type", "warmup_steps",
+                  "weight_decay", "max_grad_norm", "optim", "logging_steps", "eval_steps", "save_steps")
+
+
+def trainer_fields(h: dict, has_eval: bool) -> dict:
+    """The transformers/trl training-argument fields alignlab sets from a stage's TrainerConfig `h`."""
+    precision = mixed_precision(h["mixed_precision"])
+    return {
+        **{name: h[name] for name in PASSED_THROUGH},
+        "activation_checkpointing": h["gradient_checkpointing"],
+        "eval_strategy": "steps" if has_eval and h["eval_steps"] else "no",
+        "save_strategy": "steps",
+        "save_total_limit": 2,
+        "seed": h["seed"],
+        "data_seed": h["seed"],
+        "report_to": "none",
+        "use_cpu": not torch.cuda.is_available(),
+        "bf16": precision == "bf16",
+        "fp16": precision == "fp16",
+        "dataloader_num_workers": 0,
+        "remove_unused_columns": True,
+    }
+
+
 @dataclass
 class StageContext:
     """Inputs of one stage run: its hyperparameters, data, upstream artifacts and work directory."""
@@ -87,6 +114,7 @@ class StageContext:
     upstream: Dict[str, Artifact]  # role (init, policy, reward) -> artifact
     work_dir: Path  # becomes the artifact directory when the stage returns
     tracker: NodeTracker
+    too_long: Dict[str, int] = field(default_factory=dict)  # split -> rows over max_length tokens
 
     @property
     def model_cache(self) -> str:
@@ -124,15 +152,55 @@ class StageContext:
         from alignlab.models import load_tokenizer
 
         evaluate = held_out and bool(self.data.eval)
+        tokenizer = load_tokenizer(self.cfg.model, self.model_cache)
+        train = self.fit_to_length(tokenizer, self.data.train, "train")
+        held = self.fit_to_length(tokenizer, self.data.eval, "eval") if evaluate else []
         return trainer_cls(
             model=model,
             args=args,
-            train_dataset=Dataset.from_list(self.data.train),
-            eval_dataset=Dataset.from_list(self.data.eval) if evaluate else None,
-            processing_class=load_tokenizer(self.cfg.model, self.model_cache),
+            train_dataset=Dataset.from_list(train),
+            eval_dataset=Dataset.from_list(held) if held else None,
+            processing_class=tokenizer,
             callbacks=[self.tracker.callback(), divergence_guard(self.node, self.stage)],
             **kwargs,
         )
+
+    def fit_to_length(self, tokenizer, rows: list, split: str) -> list:
+        """Rows longer than `max_length` tokens (rendered through the chat template; a preference
+        row by its longer side) are counted in `too_long` and left to the trainer's truncation,
+        dropped, or an error, as `on_too_long` says."""
+        from alignlab.data import DataError
+
+        h, key = self.hparams, f"stage.{self.stage}"
+        if h.on_too_long not in ("truncate", "drop", "error"):
+            raise DataError(f"{key}.on_too_long '{h.on_too_long}' is not one of truncate, drop, error")
+
+        def tokens(messages: list) -> int:
+            text = tokenizer.apply_chat_template(messages, tokenize=False)
+            return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+        def length(row: dict) -> int:
+            if "messages" in row:
+                return tokens(row["messages"])
+            return max(tokens(row["prompt"] + row[side]) for side in ("chosen", "rejected"))
+
+        lengths = [length(r) for r in rows]
+        over = [i for i, n in enumerate(lengths) if n > h.max_length]
+        self.too_long[split] = len(over)
+        if not over:
+            return rows
+        where = f"{self.data.report['path']}: {split} row {over[0] + 1} of {len(rows)}"
+        if h.on_too_long == "error":
+            raise DataError(f"{where} has {lengths[over[0]]} tokens, more than {key}.max_length={h.max_length}; "
+                            f"set {key}.on_too_long=truncate or drop, or raise max_length")
+        log.warning("node %s: %d of %d %s rows are longer than max_length=%d tokens: %s", self.node, len(over),
+                    len(rows), split, h.max_length, "dropped" if h.on_too_long == "drop" else "truncated")
+        if h.on_too_long == "truncate":
+            return rows
+        kept = [r for i, r in enumerate(rows) if lengths[i] <= h.max_length]
+        if not kept:
+            raise DataError(f"{where}: every {split} row is longer than {key}.max_length={h.max_length}")
+        return kept
 
     def fit(self, trainer, drop_adapters: tuple = ()) -> Dict[str, Any]:
         """Train (resuming from the newest checkpoint), evaluate the held-out split, save the adapter.
@@ -154,6 +222,7 @@ class StageContext:
             metrics = {**previous, "resumed_from_step": metrics["resumed_from_step"]}
         elif trainer.is_world_process_zero():
             recorded.write_text(json.dumps(metrics))
+        metrics.update({f"rows_over_max_length/{split}": n for split, n in self.too_long.items()})
         if trainer.eval_dataset is not None:
             metrics.update(trainer.evaluate())
         for name in drop_adapters:
@@ -162,6 +231,9 @@ class StageContext:
         trainer.save_model(str(self.output_model_dir))  # main process only
         if trainer.is_world_process_zero():
             trainer.processing_class.save_pretrained(str(self.output_model_dir))
+            # transformers pickles its TrainingArguments next to the weights; the artifact keeps
+            # safetensors and JSON only (config.json records every setting)
+            (self.output_model_dir / "training_args.bin").unlink(missing_ok=True)
         return metrics
 
     @property
@@ -180,36 +252,5 @@ class StageContext:
         """
         h = OmegaConf.to_container(self.hparams, resolve=True)
         extra = h.pop("extra", {}) or {}
-        has_eval = held_out and bool(self.data.eval)
-        on_cuda = torch.cuda.is_available()
-        precision = mixed_precision(h["mixed_precision"])
-        common = dict(
-            output_dir=str(self.checkpoint_dir),
-            learning_rate=h["learning_rate"],
-            num_train_epochs=h["num_train_epochs"],
-            max_steps=h["max_steps"],
-            per_device_train_batch_size=h["per_device_train_batch_size"],
-            per_device_eval_batch_size=h["per_device_eval_batch_size"],
-            gradient_accumulation_steps=h["gradient_accumulation_steps"],
-            lr_scheduler_type=h["lr_scheduler_type"],
-            warmup_steps=h["warmup_steps"],
-            weight_decay=h["weight_decay"],
-            max_grad_norm=h["max_grad_norm"],
-            optim=h["optim"],
-            activation_checkpointing=h["gradient_checkpointing"],
-            logging_steps=h["logging_steps"],
-            eval_strategy="steps" if has_eval and h["eval_steps"] else "no",
-            eval_steps=h["eval_steps"],
-            save_strategy="steps",
-            save_steps=h["save_steps"],
-            save_total_limit=2,
-            seed=h["seed"],
-            data_seed=h["seed"],
-            report_to="none",
-            use_cpu=not on_cuda,
-            bf16=precision == "bf16",
-            fp16=precision == "fp16",
-            dataloader_num_workers=0,
-            remove_unused_columns=True,
-        )
+        common = {"output_dir": str(self.checkpoint_dir), **trainer_fields(h, held_out and bool(self.data.eval))}
         return config_cls(**{**common, **stage_specific, **extra})
