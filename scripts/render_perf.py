@@ -49,8 +49,13 @@ def _rows(name: str, r: dict) -> list:
     return []
 
 
+ORDER = ["bench_overhead", "bench_ppo", "bench_ppo_fp32", "bench_ppo_memory", "bench_grid", "bench_quickstart",
+         "bench_precision"]  # P1..P5, then the rest
+
+
 def render(results: Path) -> str:
-    found = sorted(results.glob("bench_*.json"))
+    found = sorted(results.glob("bench_*.json"),
+                   key=lambda p: (ORDER.index(p.stem) if p.stem in ORDER else len(ORDER), p.stem))
     loaded = [(p.stem, json.loads(p.read_text())) for p in found]
     lines = [START, "", "| benchmark | baseline | alignlab | ratio | goal | met |", "|---|---|---|---|---|---|"]
     for name, r in loaded:

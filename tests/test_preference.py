@@ -9,7 +9,7 @@ from alignlab.stages import dpo, reward, sft
 from alignlab.stages.context import Artifact
 from conftest import TINY_PREFERENCE, TINY_SFT
 
-PIPELINE = ("pipeline=sft_rm_dpo", *TINY_SFT, *TINY_PREFERENCE)
+PIPELINE = (*TINY_SFT, *TINY_PREFERENCE, "pipeline=sft_rm_dpo")
 
 
 @pytest.fixture
