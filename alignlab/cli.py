@@ -38,7 +38,7 @@ def main(cfg: DictConfig) -> Optional[float]:
         objective = objective_value(cfg.objective, summary)
     except AlignlabError as err:
         log.error("%s", err)
-        print(f"alignlab: error: {err}", file=sys.stderr)
+        print(f"\nalignlab: error: {err}", file=sys.stderr)  # on its own line, after any progress bar
         if multirun:  # Hydra records the failed job (grid summary) and goes on with the others
             raise
         sys.exit(1)

@@ -78,9 +78,9 @@ def test_diverging_sft_stops_naming_node_and_step(data_home, model_cache, tmp_pa
     args = [ALIGNLAB, *TINY_SFT, "stage.sft.learning_rate=1e30", "stage.sft.max_steps=12", "stage.sft.save_steps=1",
             f"paths.cache_dir={cache}", f"hydra.run.dir={run_dir}"]
     done = subprocess.run(args, env=alignlab_env(data_home, model_cache), capture_output=True, text=True, timeout=600)
-    assert done.returncode == 1
+    assert done.returncode == 1, done.stderr[-3000:]
     errors = [line for line in done.stderr.splitlines() if line.startswith("alignlab: error:")]
-    assert len(errors) == 1 and "node sft: a trainable weight became NaN/inf at step" in errors[0]
+    assert len(errors) == 1 and "node sft: a trainable weight became NaN/inf at step" in errors[0], done.stderr[-3000:]
     assert "stage.sft.learning_rate" in errors[0]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["nodes"]["sft"]["status"] == "failed"
