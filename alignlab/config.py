@@ -47,7 +47,7 @@ class LoggerConfig:
 
 @dataclass
 class PathsConfig:
-    data_home: str = "???"  # the local data mirror (ALIGNLAB_DATA_HOME)
+    data_home: Optional[str] = None  # a read-only data mirror (ALIGNLAB_DATA_HOME); None: the download cache
     cache_dir: str = "???"  # content-addressed stage cache
     model_cache: str = "???"  # converted embedded models
     run_dir: str = "???"  # this run's output directory (summary.json)

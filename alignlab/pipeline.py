@@ -25,6 +25,7 @@ from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
 from alignlab.data import load_data
+from alignlab.data.store import data_home as resolve_data_home
 from alignlab.errors import ConfigError
 from alignlab.eval.checks import GENERATIVE_STAGES, ForgettingChecks
 from alignlab.eval.judge.runner import BASE, JudgeChecks
@@ -126,7 +127,8 @@ class Pipeline:
         self.cfg = cfg
         self.cache_dir = Path(cfg.paths.cache_dir).expanduser().resolve()
         self.run_dir = Path(cfg.paths.run_dir).expanduser().resolve()
-        self.data_home = str(Path(cfg.paths.data_home).expanduser().resolve())
+        # A read-only mirror (paths.data_home / ALIGNLAB_DATA_HOME), or None: the download cache.
+        self.data_home = str(resolve_data_home(cfg.paths.data_home).root) if cfg.paths.data_home else None
         self.summary: Dict[str, Any] = {
             "name": cfg.name,
             "run_dir": str(self.run_dir),

@@ -69,7 +69,6 @@ def main() -> None:
     parser.add_argument("--dpo-steps", type=int, default=4)
     parser.add_argument("--out", default="results/bench_overhead.json")
     args = parser.parse_args()
-    from alignlab.data.mirror import data_home
     from alignlab.models import ModelConfig, resolve_model_path
 
     model_dir = resolve_model_path(ModelConfig(), MODEL_CACHE)  # one-time conversion, outside both timings
@@ -77,7 +76,7 @@ def main() -> None:
                  f"stage.sft.max_steps={args.sft_steps}", f"stage.dpo.max_steps={args.dpo_steps}"]
     with tempfile.TemporaryDirectory(prefix="alignlab-bench-overhead-") as tmp:
         tmp = Path(tmp)
-        cfg = _compose([*overrides, f"paths.data_home={data_home(None)}", f"paths.model_cache={MODEL_CACHE}",
+        cfg = _compose([*overrides, f"paths.model_cache={MODEL_CACHE}",
                         f"paths.cache_dir={tmp / 'cache'}", f"paths.run_dir={tmp / 'run'}"])
         spec = prepare(cfg, tmp)
         (tmp / "args.json").write_text(json.dumps(spec))

@@ -48,7 +48,7 @@ def prepare(directory: Path, n_prompts: int) -> None:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from alignlab.data.mirror import data_home
+    from alignlab.data.store import data_home
     from alignlab.models import add_adapter, load_base, load_tokenizer
 
     if (directory / "prompts.jsonl").is_file():
@@ -68,7 +68,7 @@ def prepare(directory: Path, n_prompts: int) -> None:
     weights = load_file(str(weights_file))  # fresh LoRA (B = 0): the adapter model equals reward/
     weights["base_model.model.score.weight"] = reward.score.weight.detach().clone()
     save_file(weights, str(weights_file))
-    questions = [json.loads(l)["turns"][0] for l in (data_home(None) / "prompts" / "vicuna_question.jsonl").open()]
+    questions = [json.loads(l)["turns"][0] for l in data_home().file("prompts/vicuna_question.jsonl").open()]
     with open(directory / "prompts.jsonl", "w") as f:
         for q in questions[:n_prompts]:
             f.write(json.dumps({"prompt": [{"role": "user", "content": q}]}) + "\n")

@@ -1,4 +1,4 @@
-"""Data layer: local mirror / file / hub sources -> canonical sft, preference or prompt rows.
+"""Data layer: mirror (pinned public files, fetched on demand) / file / hub sources -> canonical sft, preference or prompt rows.
 
 `load_data(cfg, kind)` reads the source, keeps raw records matching `include`/`exclude`,
 parses them (`formats.py`), drops or rejects bad rows (`rows.check_row`), removes duplicates
@@ -17,9 +17,10 @@ from typing import Callable
 from .config import DataConfig
 from .errors import DataError
 from .formats import FORMATS, row_parser
-from .mirror import MIRROR, data_home as resolve_data_home, mirror_path, unknown_source
+from .mirror import MIRROR, mirror_path, unknown_source
 from .readers import Records, read_file, read_hub
 from .rows import KINDS, BadRow, Tie, canonical_json, check_row, with_system_prompt
+from .store import data_home as resolve_data_home
 from .selection import drop_duplicates, drop_long, in_eval, keep_record, value_sets
 
 __all__ = ["DataConfig", "DataError", "FORMATS", "LoadedData", "MIRROR", "load_data"]
@@ -92,8 +93,8 @@ def _check_options(cfg, kind: str) -> None:
 def load_data(cfg: DataConfig, kind: str, data_home: str | None = None) -> LoadedData:
     """Train/eval rows of `kind` ("sft", "preference" or "prompt") from the source of `cfg`.
 
-    `cfg` is a DataConfig or a DictConfig with its fields; `data_home` overrides
-    $ALIGNLAB_DATA_HOME for mirror names. Raises DataError on any problem that is not dropped.
+    `cfg` is a DataConfig or a DictConfig with its fields; `data_home` (a read-only mirror)
+    overrides $ALIGNLAB_DATA_HOME for mirror names; with neither, they come from the download cache. Raises DataError on any problem that is not dropped.
     """
     _check_options(cfg, kind)
     fmt, read = _source(cfg, data_home)

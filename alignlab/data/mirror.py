@@ -1,18 +1,16 @@
-"""Short names of the local data mirror files (see `SOURCES.md` in the data home)."""
+"""Short names of the data files datasets are read from (each a `manifest.tsv` entry)."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import DataError
-
-DATA_HOME_ENV = "ALIGNLAB_DATA_HOME"
+from .store import DataHome
 
 
 @dataclass(frozen=True)
 class MirrorEntry:
-    path: str  # relative to the data home
+    path: str  # relative to the data home; a path in alignlab/data/manifest.tsv
     format: str  # a name in `alignlab.data.formats.FORMATS`
     note: str
 
@@ -46,27 +44,9 @@ MIRROR: dict[str, MirrorEntry] = {
 }
 
 
-def data_home(explicit: str | os.PathLike | None = None) -> Path:
-    """The mirror directory: `explicit` if given (not None or empty), else $ALIGNLAB_DATA_HOME."""
-    raw = explicit or os.environ.get(DATA_HOME_ENV)
-    if not raw:
-        raise DataError(
-            f"no data home: set {DATA_HOME_ENV} (or pass data_home) to the local data mirror directory")
-    home = Path(raw).expanduser()
-    if not home.is_dir():
-        origin = "data_home argument" if explicit else DATA_HOME_ENV
-        raise DataError(f"data home {home} (from {origin}) is not a directory; set {DATA_HOME_ENV} "
-                        "to the local data mirror directory")
-    return home
-
-
-def mirror_path(name: str, home: Path) -> Path:
-    """Path of mirror dataset `name` under `home`, checked to exist."""
-    path = home / MIRROR[name].path
-    if not path.is_file():
-        raise DataError(f"mirror dataset '{name}': file {path} is missing (is {DATA_HOME_ENV}={home} "
-                        "the data mirror?)")
-    return path
+def mirror_path(name: str, home: DataHome) -> Path:
+    """Local path of mirror dataset `name` in `home` (fetched first where `home` is the cache)."""
+    return home.file(MIRROR[name].path)
 
 
 def unknown_source(source: str) -> DataError:

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import yaml
 
-from alignlab.data.mirror import data_home as resolve_data_home
 from alignlab.errors import ConfigError
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
@@ -58,7 +57,7 @@ def evaluate_model(model, tokenizer, eval_cfg, data_home, out_path) -> dict:
     """Evaluate `model` (a transformers or peft model, left in its train/eval mode) on `eval_cfg.tasks`.
 
     `eval_cfg` is a ForgettingConfig (or a DictConfig with its fields); `data_home` is the
-    mirror the bundled tasks read (None: $ALIGNLAB_DATA_HOME). Writes lm-eval's results JSON
+    mirror the bundled tasks read (None: $ALIGNLAB_DATA_HOME, else the download cache). Writes lm-eval's results JSON
     to `out_path` and returns `compact_scores` of it.
     """
     from lm_eval import simple_evaluate
@@ -66,14 +65,13 @@ def evaluate_model(model, tokenizer, eval_cfg, data_home, out_path) -> dict:
     from lm_eval.tasks import TaskManager
     from lm_eval.utils import handle_non_serializable
 
-    home = resolve_data_home(data_home)
     was_training = model.training
     with tempfile.TemporaryDirectory(prefix="alignlab-tasks-") as extra:
         include = [str(TASKS_DIR), *map(str, eval_cfg.include_paths)]
         if eval_cfg.mmlu_subjects and MMLU_GROUP in eval_cfg.tasks:
             _write_mmlu_subset(list(eval_cfg.mmlu_subjects), Path(extra))
             include.append(extra)
-        manager = TaskManager(include_path=include, metadata={"data_home": str(home)})
+        manager = TaskManager(include_path=include, metadata={"data_home": data_home})
         seed = eval_cfg.seed
         try:
             results = simple_evaluate(

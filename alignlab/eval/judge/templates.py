@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List
 
-from alignlab.data.mirror import data_home as resolve_data_home
+from alignlab.data.store import data_home as resolve_data_home
 from alignlab.errors import ConfigError
 
 MIRROR_FILE = "prompts/judge_prompts.jsonl"
@@ -67,9 +67,7 @@ def load_template(name: str, data_home: str | None = None) -> JudgeTemplate:
         if not records:
             raise ConfigError(f"judge.template: {path} holds no template")
         return _template(records[0], str(path))
-    mirror = resolve_data_home(data_home) / MIRROR_FILE
-    if not mirror.is_file():
-        raise ConfigError(f"judge.template '{name}': the data mirror has no {MIRROR_FILE} ({mirror})")
+    mirror = resolve_data_home(data_home).file(MIRROR_FILE)
     by_name = {r.get("name"): r for r in _records(mirror)}
     pairwise = sorted(n for n, r in by_name.items() if r.get("type") == "pairwise")
     if name not in by_name or by_name[name].get("type") != "pairwise":

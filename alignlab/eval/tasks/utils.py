@@ -3,7 +3,8 @@
 Every task reads its original mirror files with `custom_dataset: !function utils.load_mirror`.
 lm-eval calls it with the task's `dataset_kwargs` plus the task metadata, so the YAMLs hold
 only paths relative to the data home, which comes from the `data_home` metadata key
-(`TaskManager(metadata=...)`, or `--metadata` on the command line) or else $ALIGNLAB_DATA_HOME.
+(`TaskManager(metadata=...)`, or `--metadata` on the command line), else $ALIGNLAB_DATA_HOME,
+else alignlab's download cache (files fetched on first use, `alignlab.data.store`).
 The `*_docs` functions turn the original records into the fields lm-eval's own task prompts use.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import datasets
 
 from alignlab.data.errors import DataError
-from alignlab.data.mirror import data_home as resolve_data_home
+from alignlab.data.store import data_home as resolve_data_home
 
 _BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".txt": "text"}
 _HELLASWAG_LINES = 6  # context, gold index, four endings
@@ -43,19 +44,17 @@ def load_mirror(data_files: dict, label_files: dict | None = None, data_home: st
     Other keyword arguments (task metadata) are ignored.
     """
     home = resolve_data_home(data_home)
-    paths = {split: home / rel for split, rel in data_files.items()}
-    for path in paths.values():
-        if not path.is_file():
-            raise DataError(f"benchmark file {path} is missing (is the data home {home} the mirror?)")
+    paths = {split: home.file(rel) for split, rel in data_files.items()}
     builder = _builder(str(next(iter(paths.values()))))
     kwargs = {}
     if builder == "csv":
         kwargs = {"features": _csv_text_columns(next(iter(paths.values()))), "keep_default_na": False}
     dataset = datasets.load_dataset(builder, data_files={k: str(v) for k, v in paths.items()}, **kwargs)
     for split, rel in (label_files or {}).items():
-        labels = [int(line) for line in (home / rel).read_text().split()]
+        label_path = home.file(rel)
+        labels = [int(line) for line in label_path.read_text().split()]
         if len(labels) != len(dataset[split]):
-            raise DataError(f"{home / rel}: {len(labels)} labels for {len(dataset[split])} records")
+            raise DataError(f"{label_path}: {len(labels)} labels for {len(dataset[split])} records")
         dataset[split] = dataset[split].add_column("label", labels)
     return dataset
 
