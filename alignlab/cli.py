@@ -1,10 +1,13 @@
 """`alignlab`: compose the Hydra config tree in conf/ and run its pipeline.
 
 `alignlab` runs the quickstart experiment; `alignlab experiment=NAME` picks one from experiments/;
-`alignlab --cfg job` prints the composed config; `-m` sweeps (multirun).
+`alignlab --cfg job` prints the composed config; `-m` sweeps (multirun). A first word naming a
+command (`alignlab data ...`) runs that command instead: Hydra overrides contain `=` or start
+with `-`, so the two never clash.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from pathlib import Path
@@ -16,13 +19,14 @@ from omegaconf import DictConfig
 from alignlab.config import register_configs
 from alignlab.errors import AlignlabError
 
-register_configs()
+register_configs()  # at import: launcher workers (joblib, submitit) unpickle run_experiment from here
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")  # the checkout's conf/
 log = logging.getLogger("alignlab")
+COMMANDS = {"data": "alignlab.data.cli"}  # first word -> module whose main(argv) returns the exit code
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> Optional[float]:
+def run_experiment(cfg: DictConfig) -> Optional[float]:
     """Runs the pipeline; returns `objective.metric` of the run (what an Optuna sweep maximises)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -48,6 +52,13 @@ def main(cfg: DictConfig) -> Optional[float]:
     if objective is not None:
         log.info("objective %s = %s", cfg.objective.metric, objective)
     return objective
+
+
+def main() -> None:
+    """The `alignlab` console script: a command (`alignlab data list`) or an experiment run."""
+    if len(sys.argv) > 1 and sys.argv[1] in COMMANDS:
+        sys.exit(importlib.import_module(COMMANDS[sys.argv[1]]).main(sys.argv[2:]))
+    run_experiment()
 
 
 if __name__ == "__main__":
