@@ -15,20 +15,26 @@ CONF_DIR = REPO / "conf"
 
 
 def mirror_dir() -> Path | None:
+    """The data the tests read in place: $ALIGNLAB_DATA_HOME, ../shared/data, or a complete download
+    cache (`alignlab data fetch --all`, which `make test` runs when there is no mirror)."""
+    from alignlab.data.store import cache_root, manifest
+
     env = os.environ.get("ALIGNLAB_DATA_HOME")
     for candidate in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data"]:
         if candidate.is_dir():
             return candidate.resolve()
-    return None
+    cache = cache_root()
+    return cache if all((cache / rel).is_file() for rel in manifest()) else None
 
 
 @pytest.fixture(scope="session")
 def data_home() -> Path:
     path = mirror_dir()
     if path is None and os.environ.get("CI"):
-        pytest.fail("data mirror not found in CI: set ALIGNLAB_DATA_HOME")
+        pytest.fail("data not found in CI: set ALIGNLAB_DATA_HOME or run `alignlab data fetch --all`")
     if path is None:
-        pytest.skip("data mirror not found: set ALIGNLAB_DATA_HOME or place it at ../shared/data")
+        pytest.skip("data not found: set ALIGNLAB_DATA_HOME, place a mirror at ../shared/data or run "
+                    "`alignlab data fetch --all`")
     return path
 
 

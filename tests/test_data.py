@@ -5,7 +5,6 @@ import bz2
 import gzip
 import json
 import logging
-import os
 from pathlib import Path
 
 import pytest
@@ -14,18 +13,9 @@ from omegaconf import OmegaConf
 from alignlab.data import MIRROR, DataConfig, DataError, load_data
 
 
-def _mirror_home() -> Path | None:
-    env = os.environ.get("ALIGNLAB_DATA_HOME")
-    home = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
-    return home if home.is_dir() else None
-
-
 @pytest.fixture
-def home() -> str:
-    found = _mirror_home()
-    if found is None:
-        pytest.skip("data mirror not found: set ALIGNLAB_DATA_HOME or provide ../shared/data next to the repo")
-    return str(found)
+def home(data_home) -> str:
+    return str(data_home)
 
 
 def load(source, kind, home=None, **kw):
@@ -330,7 +320,10 @@ def test_unknown_source_and_missing_data_home(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"unknown data source 'no_such_set'.*alpaca_eval_gpt4.*vicuna"):
         load("no_such_set", "sft")
     monkeypatch.delenv("ALIGNLAB_DATA_HOME", raising=False)
-    with pytest.raises(DataError, match="set ALIGNLAB_DATA_HOME"):
+    monkeypatch.setenv("ALIGNLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("ALIGNLAB_OFFLINE", "1")
+    with pytest.raises(DataError, match=r"prompts/vicuna_question\.jsonl is not in .*downloads are off "
+                                        r"\(ALIGNLAB_OFFLINE=1\).*alignlab data fetch.*ALIGNLAB_DATA_HOME"):
         load("vicuna", "prompt")
     monkeypatch.setenv("ALIGNLAB_DATA_HOME", str(tmp_path / "nowhere"))
     with pytest.raises(DataError, match=r"nowhere \(from ALIGNLAB_DATA_HOME\) is not a directory"):
