@@ -1,7 +1,8 @@
 """`alignlab`: compose the Hydra config tree in conf/ and run its pipeline.
 
 `alignlab` runs the quickstart experiment; `alignlab experiment=NAME` picks one from experiments/;
-`alignlab --cfg job` prints the composed config; `-m` sweeps (multirun). A first word naming a
+`alignlab --cfg job` prints the composed config; `-m` sweeps (multirun); `alignlab check ...`
+checks the config (preflight) and prints the plan without training. A first word naming a
 command (`alignlab data ...`) runs that command instead: Hydra overrides contain `=` or start
 with `-`, so the two never clash.
 """
@@ -31,14 +32,20 @@ def run_experiment(cfg: DictConfig) -> Optional[float]:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from alignlab.grid import objective_value
-    from alignlab.pipeline import run
+    from alignlab.preflight import describe_plan, preflight
 
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     if multirun and cfg.logger.group is None:  # the jobs of one grid share a W&B group
         cfg.logger.group = f"{cfg.name}-grid-{Path(HydraConfig.get().sweep.dir).name}"
     try:
-        summary = run(cfg)
+        checked = preflight(cfg)  # before the heavy imports below: a mistake fails in seconds
+        if cfg.dry_run:
+            print(describe_plan(cfg, checked))
+            return None
+        from alignlab.grid import objective_value
+        from alignlab.pipeline import Pipeline
+
+        summary = Pipeline(cfg, checked).run()
         objective = objective_value(cfg.objective, summary)
     except AlignlabError as err:
         log.error("%s", err)
@@ -58,6 +65,8 @@ def main() -> None:
     """The `alignlab` console script: a command (`alignlab data list`) or an experiment run."""
     if len(sys.argv) > 1 and sys.argv[1] in COMMANDS:
         sys.exit(importlib.import_module(COMMANDS[sys.argv[1]]).main(sys.argv[2:]))
+    if len(sys.argv) > 1 and sys.argv[1] == "check":
+        sys.argv = [sys.argv[0], *sys.argv[2:], "dry_run=true"]
     run_experiment()
 
 

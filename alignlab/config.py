@@ -15,6 +15,7 @@ from alignlab.data.config import DataConfig
 from alignlab.eval.config import ForgettingConfig
 from alignlab.eval.judge.config import JudgeConfig
 from alignlab.models.config import ModelConfig, PeftConfig, QuantConfig
+from alignlab.schema import one_of
 from alignlab.stages.config import StageGroupConfig
 
 
@@ -37,9 +38,9 @@ class PipelineConfig:
 
 @dataclass
 class LoggerConfig:
-    backend: str = "wandb"  # wandb | none
+    backend: str = one_of("wandb", "wandb", "none")
     project: str = "alignlab"
-    mode: str = "offline"  # offline | online | disabled
+    mode: str = one_of("offline", "offline", "online", "disabled")
     entity: Optional[str] = None
     group: Optional[str] = None  # default: the experiment name
     tags: List[str] = field(default_factory=list)
@@ -64,6 +65,7 @@ class ObjectiveConfig:
 @dataclass
 class RootConfig:
     name: str = "quickstart"  # experiment name: W&B group and summary title
+    dry_run: bool = False  # `alignlab check ...`: preflight, print the plan, train nothing
     seed: int = 42
     model: ModelConfig = field(default_factory=ModelConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)

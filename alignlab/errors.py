@@ -15,3 +15,7 @@ class ModelLoadError(AlignlabError, OSError):
 
 class TrainingDivergedError(AlignlabError):
     """A loss or trainable weight became NaN/inf; the node is not published, its last checkpoint kept."""
+
+
+class TrainingCollapsedError(AlignlabError):
+    """Training collapsed without NaN (uniform outputs, zero gradients); the node is not published."""

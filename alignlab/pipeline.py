@@ -24,13 +24,12 @@ from accelerate import PartialState
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
-from alignlab.data import load_data
 from alignlab.data.store import data_home as resolve_data_home
-from alignlab.errors import ConfigError
-from alignlab.eval.checks import GENERATIVE_STAGES, ForgettingChecks
-from alignlab.eval.judge.runner import BASE, JudgeChecks
+from alignlab.preflight import Checked, preflight
+from alignlab.eval.checks import ForgettingChecks
+from alignlab.eval.judge.runner import JudgeChecks
 from alignlab.report import write_report
-from alignlab.stages import STAGE_MODULES, UPSTREAM, stage_module
+from alignlab.stages import BASE, GENERATIVE_STAGES, UPSTREAM_ROLES, stage_module
 from alignlab.models import torch_dtype
 from alignlab.stages.context import Artifact, StageContext, load_inference, mixed_precision
 from alignlab.tracking import NodeTracker, log_comparison, redact
@@ -38,57 +37,12 @@ from alignlab.tracking import NodeTracker, log_comparison, redact
 log = logging.getLogger("alignlab.pipeline")
 
 CACHE_VERSION = 1
-UPSTREAM_ROLES = ("init", "policy", "reward")
 COMPLETE = "COMPLETE"
-DEFAULT_DATA = {"sft": "sft", "reward": "preference", "dpo": "preference", "ppo": "prompts"}
-
-
-def plan(nodes: DictConfig) -> List[str]:
-    """Topological order of the nodes; unknown stages, unknown upstreams and cycles are errors."""
-    if not nodes:
-        raise ConfigError("pipeline.nodes is empty: name at least one node, e.g. sft: {stage: sft}")
-    for name, node in nodes.items():
-        if node.stage not in STAGE_MODULES:
-            raise ConfigError(
-                f"pipeline.nodes.{name}.stage: unknown stage '{node.stage}'; known: {', '.join(STAGE_MODULES)}"
-            )
-        for role in UPSTREAM_ROLES:
-            up = node.get(role)
-            if up is None:
-                continue
-            if up not in nodes:
-                raise ConfigError(f"pipeline.nodes.{name}.{role}: unknown upstream node '{up}'")
-            allowed = UPSTREAM[node.stage].get(role)
-            if allowed is None:
-                raise ConfigError(f"pipeline.nodes.{name}.{role}: a {node.stage} node takes no '{role}' upstream")
-            if nodes[up].stage not in allowed:
-                raise ConfigError(
-                    f"pipeline.nodes.{name}.{role}: '{up}' is a {nodes[up].stage} node; "
-                    f"a {node.stage} {role} must be one of: {', '.join(allowed)}"
-                )
-    order: List[str] = []
-    state: Dict[str, str] = {}
-
-    def visit(name: str, path: List[str]) -> None:
-        if state.get(name) == "done":
-            return
-        if state.get(name) == "visiting":
-            raise ConfigError("pipeline.nodes form a cycle: " + " -> ".join(path + [name]))
-        state[name] = "visiting"
-        for role in UPSTREAM_ROLES:
-            up = nodes[name].get(role)
-            if up is not None:
-                visit(up, path + [name])
-        state[name] = "done"
-        order.append(name)
-
-    for name in nodes:
-        visit(name, [])
-    return order
 
 
 # Settings that cannot change a node's weights stay out of its key.
-NOT_IN_KEY = {"logging_steps", "save_steps", "eval_steps", "per_device_eval_batch_size", "score_batch_size"}
+NOT_IN_KEY = {"logging_steps", "save_steps", "eval_steps", "per_device_eval_batch_size", "score_batch_size",
+              "collapse_patience", "collapse_tolerance"}
 
 
 def node_key(cfg: DictConfig, node: DictConfig, data_fingerprint: str, upstream: Dict[str, Artifact]) -> str:
@@ -111,6 +65,11 @@ def node_key(cfg: DictConfig, node: DictConfig, data_fingerprint: str, upstream:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
+def cache_entry(cache_dir: Path, stage: str, key: str) -> Path:
+    """Where a node with this key is published."""
+    return cache_dir / f"{stage}-{key[:16]}"
+
+
 def is_complete(path: Path) -> bool:
     return (path / COMPLETE).is_file()
 
@@ -123,8 +82,8 @@ def _read_artifact(name: str, stage: str, key: str, path: Path) -> Artifact:
 class Pipeline:
     """Runs one composed config's pipeline and records the outcome in summary.json."""
 
-    def __init__(self, cfg: DictConfig):
-        self.cfg = cfg
+    def __init__(self, cfg: DictConfig, checked: Checked):
+        self.cfg, self.checked = cfg, checked
         self.cache_dir = Path(cfg.paths.cache_dir).expanduser().resolve()
         self.run_dir = Path(cfg.paths.run_dir).expanduser().resolve()
         # A read-only mirror (paths.data_home / ALIGNLAB_DATA_HOME), or None: the download cache.
@@ -144,7 +103,7 @@ class Pipeline:
         self.judging: Optional[JudgeChecks] = None
 
     def run(self) -> Dict[str, Any]:
-        order = plan(self.cfg.pipeline.nodes)
+        order = self.checked.order
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         artifacts: Dict[str, Artifact] = {}
@@ -225,13 +184,7 @@ class Pipeline:
     def _run_node(self, name: str, artifacts: Dict[str, Artifact]) -> Artifact:
         node = self.cfg.pipeline.nodes[name]
         module = stage_module(node.stage)
-        data_name = node.data or DEFAULT_DATA[node.stage]
-        if data_name not in self.cfg.data:
-            raise ConfigError(
-                f"pipeline.nodes.{name}.data: no dataset '{data_name}' in the data group "
-                f"(have: {', '.join(self.cfg.data) or 'none'})"
-            )
-        data = load_data(self.cfg.data[data_name], module.DATA_KIND, data_home=self.data_home)
+        data, data_name = self.checked.data[name], self.checked.data_names[name]
         upstream = {role: artifacts[node[role]] for role in UPSTREAM_ROLES if node.get(role) is not None}
         key = node_key(self.cfg, node, data.fingerprint, upstream)
         entry = {
@@ -241,7 +194,7 @@ class Pipeline:
             "data": {"name": data_name, **data.report},
         }
         self.summary["nodes"][name] = entry
-        final = self.cache_dir / f"{node.stage}-{key[:16]}"
+        final = cache_entry(self.cache_dir, node.stage, key)
         start = time.time()
         with FileLock(str(final) + ".lock") if self.main else nullcontext():
             self.state.wait_for_everyone()
@@ -276,7 +229,7 @@ class Pipeline:
             "model": OmegaConf.to_container(self.cfg.model, resolve=True),
             "quant": OmegaConf.to_container(self.cfg.quant, resolve=True),
             "peft": OmegaConf.to_container(self.cfg.peft, resolve=True),
-            "data": OmegaConf.to_container(self.cfg.data[node.data or DEFAULT_DATA[node.stage]], resolve=True),
+            "data": OmegaConf.to_container(self.cfg.data[self.checked.data_names[name]], resolve=True),
             "upstream": {role: {"node": a.node, "key": a.key, "path": str(a.path)} for role, a in upstream.items()},
         }
         if self.main:
@@ -302,4 +255,5 @@ class Pipeline:
 
 
 def run(cfg: DictConfig) -> Dict[str, Any]:
-    return Pipeline(cfg).run()
+    """Preflight (every check that needs no model), then the pipeline."""
+    return Pipeline(cfg, preflight(cfg)).run()

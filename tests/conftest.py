@@ -98,14 +98,13 @@ TINY_SFT = (
 def stage_context(tmp_path):
     """Build the StageContext the pipeline would hand a node (no W&B)."""
     from alignlab.data import load_data
-    from alignlab.pipeline import DEFAULT_DATA
-    from alignlab.stages import stage_module
+    from alignlab.stages import DATA_KINDS, DEFAULT_DATA
     from alignlab.stages.context import StageContext
     from alignlab.tracking import NodeTracker
 
     def _make(cfg, node: str = "sft", upstream=None):
         kind = cfg.pipeline.nodes[node].stage
-        data = load_data(cfg.data[DEFAULT_DATA[kind]], stage_module(kind).DATA_KIND, data_home=cfg.paths.data_home)
+        data = load_data(cfg.data[DEFAULT_DATA[kind]], DATA_KINDS[kind], data_home=cfg.paths.data_home)
         work = tmp_path / f"work-{node}"
         work.mkdir(parents=True, exist_ok=True)
         tracker = NodeTracker(cfg.logger, cfg.name, node, kind, {}, tmp_path, work / "metrics.jsonl")

@@ -11,7 +11,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from alignlab.errors import ConfigError
-from alignlab.pipeline import plan
+from alignlab.preflight import plan
 
 ALIGNLAB = str(Path(sys.executable).parent / "alignlab")  # the console script of this venv
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
+from alignlab.schema import one_of, within
+
 
 @dataclass
 class DataConfig:
@@ -19,14 +21,14 @@ class DataConfig:
     include: Dict[str, List[str]] = field(default_factory=dict)  # keep raw records whose field is in the list
     exclude: Dict[str, List[str]] = field(default_factory=dict)  # drop raw records whose field is in the list
     system_prompt: Optional[str] = None  # prepended as a system message when the row has none
-    ties: str = "drop"  # preference sources with ties (AlpacaEval annotations): drop | error
-    on_bad_row: str = "error"  # error | drop (dropped rows are counted and reported)
+    ties: str = one_of("drop", "drop", "error")  # preference sources with ties (AlpacaEval annotations)
+    on_bad_row: str = one_of("error", "error", "drop")  # drop: dropped rows are counted and reported
     dedup: bool = True  # drop rows whose canonical content repeats
-    min_chars: int = 1  # every message/response must have at least this many characters
-    max_chars: Optional[int] = None  # drop rows whose total text is longer
-    eval_fraction: float = 0.05  # hash-based held-out fraction
+    min_chars: int = within(1, ge=0)  # every message/response must have at least this many characters
+    max_chars: Optional[int] = within(None, ge=1)  # drop rows whose total text is longer
+    eval_fraction: float = within(0.05, ge=0, lt=1)  # hash-based held-out fraction
     split_seed: int = 0  # salt of the split hash
-    max_train_rows: Optional[int] = None
-    max_eval_rows: Optional[int] = None
+    max_train_rows: Optional[int] = within(None, ge=1)
+    max_eval_rows: Optional[int] = within(None, ge=0)
     hub_split: str = "train"
     hub_config: Optional[str] = None

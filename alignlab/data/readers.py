@@ -4,6 +4,7 @@ from __future__ import annotations
 import bz2
 import csv
 import gzip
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -25,47 +26,62 @@ class Records:
         return f"{self.label}: " + self.row_format.format(n=n)
 
 
-def _open_text(path: Path):
-    opener = {".gz": gzip.open, ".bz2": bz2.open}.get(path.suffix, open)
-    return opener(path, "rt", encoding="utf-8-sig", newline="")
-
-
 def _check_object(path: Path, where: str, record) -> dict:
     if not isinstance(record, dict):
         raise DataError(f"{path}: {where}: expected a JSON object, got {type(record).__name__}")
     return record
 
 
+def _raw_bytes(path: Path) -> bytes:
+    opener = {".gz": gzip.open, ".bz2": bz2.open}.get(path.suffix, open)
+    try:
+        with opener(path, "rb") as f:
+            return f.read()
+    except OSError as e:  # not gzip / bz2 data behind that suffix
+        raise DataError(f"{path}: cannot read it as a {path.suffix} file: {e}") from None
+
+
+def _text(path: Path) -> str:
+    """The file's text (decompressed, BOM removed); a binary or non-UTF-8 file is a DataError with the byte offset."""
+    data = _raw_bytes(path)
+    if b"\x00" in data[:65536]:
+        raise DataError(f"{path}: is a binary file (NUL byte at offset {data.index(0)}), not JSON, JSONL or CSV text")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        offset = e.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)
+        raise DataError(f"{path}: is not UTF-8 text (byte 0x{data[offset]:02x} at byte offset {offset}); "
+                        "the file must be UTF-8") from None
+
+
 def read_file(path: Path) -> Records:
     """Records of a .json (list of objects), .jsonl or .csv file, optionally compressed."""
     kind = Path(path.stem).suffix if path.suffix in (".gz", ".bz2") else path.suffix
+    if kind not in (".jsonl", ".json", ".csv"):
+        raise DataError(f"{path}: unsupported file type '{kind}' (use .json, .jsonl or .csv, optionally .gz/.bz2)")
+    text = _text(path)
     if kind == ".jsonl":
         rows = []
-        with _open_text(path) as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}: line {n}: malformed JSON: {e}") from None
-                rows.append((n, _check_object(path, f"line {n}", record)))
+        for n, line in enumerate(text.split("\n"), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}: line {n}: malformed JSON: {e}") from None
+            rows.append((n, _check_object(path, f"line {n}", record)))
         return Records(str(path), "row {n} (line {n})", rows)
     if kind == ".json":
-        with _open_text(path) as f:
-            try:
-                data = json.load(f)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}: malformed JSON: {e}") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: malformed JSON: {e}") from None
         if not isinstance(data, list):
             raise DataError(f"{path}: expected a JSON list of objects, got {type(data).__name__}")
         rows = [(n, _check_object(path, f"list item {n}", r)) for n, r in enumerate(data, 1)]
         return Records(str(path), "row {n} (JSON list item {n})", rows)
-    if kind == ".csv":
-        with _open_text(path) as f:
-            rows = list(enumerate(csv.DictReader(f), 1))
-        return Records(str(path), "row {n} (CSV data row {n}, header not counted)", rows)
-    raise DataError(f"{path}: unsupported file type '{kind}' (use .json, .jsonl or .csv, optionally .gz/.bz2)")
+    rows = list(enumerate(csv.DictReader(io.StringIO(text, newline="")), 1))
+    return Records(str(path), "row {n} (CSV data row {n}, header not counted)", rows)
 
 
 def _offline_env() -> bool:

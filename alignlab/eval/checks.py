@@ -17,7 +17,6 @@ from omegaconf import OmegaConf
 from alignlab.eval.forgetting import compact_scores, evaluate_model
 from alignlab.eval.gate import check_gate, deltas
 
-GENERATIVE_STAGES = ("sft", "dpo", "ppo")  # stages whose artifact is a causal LM
 
 
 class ForgettingChecks:

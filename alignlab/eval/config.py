@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
+from alignlab.schema import one_of, within
+
 
 @dataclass
 class ForgettingConfig:
@@ -17,12 +19,12 @@ class ForgettingConfig:
 
     enabled: bool = True
     tasks: List[str] = field(default_factory=lambda: ["alignlab_arc_easy", "alignlab_piqa"])
-    limit: Optional[int] = None  # items per task; None: all
-    num_fewshot: Optional[int] = None  # None: each task's default (gsm8k 5, others 0)
-    batch_size: int = 8
+    limit: Optional[int] = within(None, ge=1)  # items per task; None: all
+    num_fewshot: Optional[int] = within(None, ge=0)  # None: each task's default (gsm8k 5, others 0)
+    batch_size: int = within(8, ge=1)
     seed: int = 1234  # python, numpy, torch and few-shot sampling seeds
-    bootstrap_iters: int = 1000  # for stderrs that need bootstrapping; 0 disables stderrs
+    bootstrap_iters: int = within(1000, ge=0)  # for stderrs that need bootstrapping; 0 disables stderrs
     mmlu_subjects: List[str] = field(default_factory=list)  # subjects of alignlab_mmlu; empty: all 57
     include_paths: List[str] = field(default_factory=list)  # extra lm-eval task directories
     max_drop: Dict[str, float] = field(default_factory=lambda: {"default": 5.0})
-    gate: str = "warn"  # warn | fail
+    gate: str = one_of("warn", "warn", "fail")

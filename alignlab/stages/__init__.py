@@ -1,4 +1,4 @@
-"""Stage recipes. Each module exposes `DATA_KIND` and `run(ctx) -> metrics`."""
+"""Stage recipes (each module exposes `run(ctx) -> metrics`) and what the planner knows of each kind."""
 from __future__ import annotations
 
 import importlib
@@ -10,6 +10,12 @@ STAGE_MODULES = {
     "dpo": "alignlab.stages.dpo",
     "ppo": "alignlab.stages.ppo",
 }
+
+BASE = "base"  # the base model's name in comparisons, evaluations and reports
+GENERATIVE_STAGES = ("sft", "dpo", "ppo")  # stages whose artifact is a causal LM
+UPSTREAM_ROLES = ("init", "policy", "reward")
+DEFAULT_DATA = {"sft": "sft", "reward": "preference", "dpo": "preference", "ppo": "prompts"}  # key into cfg.data
+DATA_KINDS = {"sft": "sft", "reward": "preference", "dpo": "preference", "ppo": "prompt"}  # rows each kind trains on
 
 # Which upstream roles each stage accepts, and which stage kinds may fill them.
 UPSTREAM = {

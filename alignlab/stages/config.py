@@ -4,28 +4,49 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+from alignlab.schema import each_one_of, one_of, within
+
+PRECISIONS = ("auto", "no", "bf16", "fp16")
+# trl 1.16 DPOConfig.loss_type (its help text lists them; trl keeps no list in code).
+DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
+
+
+def scheduler_types() -> list:
+    from transformers.trainer_utils import SchedulerType
+
+    return [s.value for s in SchedulerType]
+
+
+def optimizer_names() -> list:
+    from transformers.training_args import OptimizerNames
+
+    return [o.value for o in OptimizerNames]
+
 
 @dataclass
 class TrainerConfig:
     """Training-loop settings every trainer-based stage shares (mapped onto transformers' TrainingArguments)."""
 
-    learning_rate: float = 2e-4
-    num_train_epochs: float = 1.0
-    max_steps: int = -1  # > 0 overrides num_train_epochs
-    per_device_train_batch_size: int = 4
-    per_device_eval_batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    lr_scheduler_type: str = "cosine"
-    warmup_steps: float = 0.0  # >= 1: steps; < 1: fraction of all training steps
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    optim: str = "adamw_torch"
-    mixed_precision: str = "auto"  # auto (bf16 where the GPU/CPU computes it natively) | no | bf16 | fp16
+    learning_rate: float = within(2e-4, gt=0)
+    num_train_epochs: float = within(1.0, gt=0)
+    max_steps: int = within(-1, ge=1, unset=(-1,))  # > 0 overrides num_train_epochs
+    per_device_train_batch_size: int = within(4, ge=1)
+    per_device_eval_batch_size: int = within(8, ge=1)
+    gradient_accumulation_steps: int = within(1, ge=1)
+    lr_scheduler_type: str = one_of("cosine", source=scheduler_types)
+    warmup_steps: float = within(0.0, ge=0)  # >= 1: steps; < 1: fraction of all training steps
+    weight_decay: float = within(0.0, ge=0)
+    max_grad_norm: float = within(1.0, ge=0)  # 0: no clipping
+    optim: str = one_of("adamw_torch", source=optimizer_names)
+    mixed_precision: str = one_of("auto", *PRECISIONS)  # auto: bf16 where the GPU/CPU computes it natively
     gradient_checkpointing: bool = False
-    on_too_long: str = "truncate"  # rows over max_length tokens: truncate (counted) | drop (counted) | error
-    logging_steps: int = 5
-    eval_steps: Optional[int] = None  # None: evaluate once at the end only
-    save_steps: int = 50  # checkpoint interval (resume point after an interruption)
+    on_too_long: str = one_of("truncate", "truncate", "drop", "error")  # rows over max_length tokens (counted)
+    logging_steps: int = within(5, ge=1)
+    eval_steps: Optional[int] = within(None, ge=1)  # None: evaluate once at the end only
+    save_steps: int = within(50, ge=1)  # checkpoint interval (resume point after an interruption)
+    collapse_patience: int = within(3, ge=0)  # logging steps of a collapse signal before the node stops; 0: off
+    collapse_tolerance: float = within(0.05, gt=0)  # nats from ln(vocabulary size) that count as uniform
     seed: int = 42
     extra: Dict[str, Any] = field(default_factory=dict)  # any further trl/transformers config field
 
@@ -34,7 +55,7 @@ class TrainerConfig:
 class SFTStageConfig(TrainerConfig):
     """Supervised fine-tuning on conversations (trl SFTTrainer)."""
 
-    max_length: int = 1024
+    max_length: int = within(1024, ge=1)
     assistant_only_loss: bool = True  # loss on assistant tokens only
     packing: bool = False
     merge_export: bool = False  # also write the adapter merged into the base weights (merged/)
@@ -44,23 +65,23 @@ class SFTStageConfig(TrainerConfig):
 class RewardStageConfig(TrainerConfig):
     """Bradley-Terry reward model on preference pairs (trl RewardTrainer), 1-logit score head."""
 
-    learning_rate: float = 1e-4
-    max_length: int = 512
-    center_rewards_coefficient: Optional[float] = None  # e.g. 0.01 keeps rewards centred on 0
+    learning_rate: float = within(1e-4, gt=0)
+    max_length: int = within(512, ge=1)
+    center_rewards_coefficient: Optional[float] = within(None, ge=0)  # e.g. 0.01 keeps rewards centred on 0
     disable_dropout: bool = True
-    score_batch_size: int = 8  # batch size of held-out scoring (accuracy, margins)
+    score_batch_size: int = within(8, ge=1)  # batch size of held-out scoring (accuracy, margins)
 
 
 @dataclass
 class DPOStageConfig(TrainerConfig):
     """Direct preference optimisation (trl DPOTrainer); the reference is the frozen starting adapter."""
 
-    learning_rate: float = 5e-5
-    beta: float = 0.1
-    loss_type: List[str] = field(default_factory=lambda: ["sigmoid"])  # sigmoid | ipo | hinge | robust | ...
+    learning_rate: float = within(5e-5, gt=0)
+    beta: float = within(0.1, gt=0)  # a negative beta trains toward the rejected answers
+    loss_type: List[str] = each_one_of(lambda: ["sigmoid"], *DPO_LOSSES)
     loss_weights: Optional[List[float]] = None  # weights when several loss types are combined
-    label_smoothing: float = 0.0  # conservative DPO / robust DPO noise rate
-    max_length: int = 512
+    label_smoothing: float = within(0.0, ge=0, lt=0.5)  # conservative DPO / robust DPO noise rate
+    max_length: int = within(512, ge=1)
     precompute_ref_log_probs: bool = False  # score the reference once up front instead of every step
     disable_dropout: bool = True
 
@@ -73,41 +94,41 @@ class PPOStageConfig:
     penalty per token, no discount, lambda 0.95, advantage whitening, EOS penalty, 4 PPO epochs.
     """
 
-    learning_rate: float = 3e-5
-    iterations: int = 100  # rollout + update rounds
-    rollout_batch_size: int = 16  # prompts sampled per iteration (per process)
-    mini_batch_size: int = 8  # samples per optimizer step
-    gradient_accumulation_steps: int = 1  # micro-batches per minibatch
-    ppo_epochs: int = 4  # passes over each rollout batch
-    max_prompt_length: int = 256  # longer prompts are left out (counted in the log)
-    max_new_tokens: int = 64
-    temperature: float = 0.7
-    top_k: int = 0  # 0: off
-    top_p: float = 1.0
+    learning_rate: float = within(3e-5, gt=0)
+    iterations: int = within(100, ge=1)  # rollout + update rounds
+    rollout_batch_size: int = within(16, ge=1)  # prompts sampled per iteration (per process)
+    mini_batch_size: int = within(8, ge=1)  # samples per optimizer step
+    gradient_accumulation_steps: int = within(1, ge=1)  # micro-batches per minibatch
+    ppo_epochs: int = within(4, ge=1)  # passes over each rollout batch
+    max_prompt_length: int = within(256, ge=1)  # longer prompts are left out (counted in the log)
+    max_new_tokens: int = within(64, ge=1)
+    temperature: float = within(0.7, gt=0)
+    top_k: int = within(0, ge=0)  # 0: off
+    top_p: float = within(1.0, gt=0, le=1)
     missing_eos_penalty: Optional[float] = 1.0  # subtracted from the score of responses without EOS
-    kl_estimator: str = "k1"  # k1 (log-ratio) | k3 (non-negative, unbiased)
-    kl_coef: float = 0.05  # initial coefficient of the per-token KL penalty
-    kl_target: Optional[float] = None  # set: adaptive KL controller (Ziegler et al.) toward this KL
-    kl_horizon: int = 10000
-    gamma: float = 1.0
-    lam: float = 0.95
+    kl_estimator: str = one_of("k1", "k1", "k3")  # k1 (log-ratio) | k3 (non-negative, unbiased)
+    kl_coef: float = within(0.05, ge=0)  # initial coefficient of the per-token KL penalty
+    kl_target: Optional[float] = within(None, gt=0)  # set: adaptive KL controller (Ziegler et al.) toward this KL
+    kl_horizon: int = within(10000, ge=1)
+    gamma: float = within(1.0, ge=0, le=1)
+    lam: float = within(0.95, ge=0, le=1)
     whiten_advantages: bool = True
     whiten_rewards: bool = False  # whiten the scores over each rollout batch
-    reward_clip: Optional[float] = None  # clamp scores to +-reward_clip
-    clip_range: float = 0.2
-    clip_range_value: float = 0.2
-    vf_coef: float = 0.1
-    max_grad_norm: float = 1.0
-    weight_decay: float = 0.0
-    reference: str = "sft"  # sft: frozen copy of the starting policy adapter | base: adapters disabled
-    value_init: str = "reward"  # reward: value adapter and head start from the reward node | fresh
+    reward_clip: Optional[float] = within(None, gt=0)  # clamp scores to +-reward_clip
+    clip_range: float = within(0.2, gt=0)
+    clip_range_value: float = within(0.2, gt=0)
+    vf_coef: float = within(0.1, ge=0)
+    max_grad_norm: float = within(1.0, ge=0)  # 0: no clipping
+    weight_decay: float = within(0.0, ge=0)
+    reference: str = one_of("sft", "sft", "base")  # sft: frozen copy of the starting policy adapter | base: adapters disabled
+    value_init: str = one_of("reward", "reward", "fresh")  # reward: value adapter and head start from the reward node
     reward_fn: Dict[str, Any] = field(default_factory=dict)  # {_target_: module.fn, **kwargs}; empty: reward node
-    reward_max_length: int = 512  # tokens of prompt + response the reward model reads
-    mixed_precision: str = "auto"
+    reward_max_length: int = within(512, ge=1)  # tokens of prompt + response the reward model reads
+    mixed_precision: str = one_of("auto", *PRECISIONS)
     gradient_checkpointing: bool = False  # recompute layer activations in the backward passes (less memory)
-    logging_steps: int = 1
-    save_steps: int = 10  # checkpoint interval in iterations
-    sample_responses: int = 4  # responses per iteration kept in samples.jsonl
+    logging_steps: int = within(1, ge=1)
+    save_steps: int = within(10, ge=1)  # checkpoint interval in iterations
+    sample_responses: int = within(4, ge=0)  # responses per iteration kept in samples.jsonl
     seed: int = 42
 
 

@@ -10,7 +10,7 @@ from typing import Any, Dict, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from alignlab.errors import TrainingDivergedError
+from alignlab.errors import TrainingCollapsedError, TrainingDivergedError
 from alignlab.models.precision import mixed_precision
 from alignlab.tracking import NodeTracker
 
@@ -34,6 +34,67 @@ def divergence_guard(node: str, stage: str):
                     "is not published)")
 
     return DivergenceGuard()
+
+
+@dataclass
+class CollapseWatch:
+    """Stops a node whose training collapsed without NaN (which the divergence guard would catch).
+
+    Signals, each for `patience` consecutive logging steps: the gradient norm is exactly zero while
+    the learning rate is not; or, for token-level losses (`uniform_loss` = ln(vocabulary size)),
+    the loss sits within `tolerance` of a uniform next-token distribution's after it had been
+    below it (a randomly initialised model starts there; a collapsed one returns there).
+    """
+
+    node: str
+    stage: str
+    patience: int  # 0: off
+    tolerance: float
+    uniform_loss: Optional[float] = None
+    _learned: bool = False
+    _at_uniform: int = 0
+    _zero_grad: int = 0
+
+    def update(self, step: int, loss: Optional[float] = None, grad_norm: Optional[float] = None,
+               learning_rate: Optional[float] = None) -> None:
+        if self.patience <= 0:
+            return
+        signal = None
+        if loss is not None and self.uniform_loss is not None:
+            self._learned |= loss < self.uniform_loss - self.tolerance
+            near = self._learned and abs(loss - self.uniform_loss) <= self.tolerance
+            self._at_uniform = self._at_uniform + 1 if near else 0
+            if self._at_uniform >= self.patience:
+                signal = (f"the loss ({loss:.4f}) has stayed within {self.tolerance:g} of ln(vocabulary size) = "
+                          f"{self.uniform_loss:.4f}, a uniform next-token distribution")
+        if grad_norm is not None and learning_rate:
+            self._zero_grad = self._zero_grad + 1 if grad_norm == 0 else 0
+            if self._zero_grad >= self.patience:
+                signal = f"the gradient norm has been exactly 0 at learning rate {learning_rate:g}"
+        if signal:
+            raise TrainingCollapsedError(
+                f"node {self.node}: training collapsed at step {step}: {signal} for {self.patience} logging steps; "
+                f"lower stage.{self.stage}.learning_rate (checkpoints are kept, the node is not published; "
+                f"stage.{self.stage}.collapse_patience=0 turns this check off)")
+
+
+def collapse_guard(node: str, stage: str, hparams, token_loss: bool):
+    """A trainer callback feeding each logged loss, gradient norm and learning rate to a CollapseWatch."""
+    import math
+
+    from transformers import TrainerCallback
+
+    class CollapseGuard(TrainerCallback):
+        watch: Optional[CollapseWatch] = None
+
+        def on_log(self, args, state, control, model=None, logs=None, **kwargs):
+            if self.watch is None:
+                uniform = math.log(model.config.vocab_size) if token_loss else None
+                self.watch = CollapseWatch(node, stage, hparams.collapse_patience, hparams.collapse_tolerance, uniform)
+            logs = logs or {}
+            self.watch.update(state.global_step, logs.get("loss"), logs.get("grad_norm"), logs.get("learning_rate"))
+
+    return CollapseGuard()
 
 
 @dataclass
@@ -145,8 +206,9 @@ class StageContext:
             return load_adapter(model, upstream.adapter_dir, trainable=True)
         return add_adapter(model, cfg.peft, cfg.quant, gradient_checkpointing=self.hparams.gradient_checkpointing)
 
-    def trainer(self, trainer_cls, model, args, held_out: bool = True, **kwargs):
-        """A trl trainer over this node's rows, tokenizer and tracking callback."""
+    def trainer(self, trainer_cls, model, args, held_out: bool = True, token_loss: bool = False, **kwargs):
+        """A trl trainer over this node's rows, tokenizer, tracking callback and guards
+        (`token_loss`: the loss is next-token cross-entropy, so a collapse to uniform is detectable)."""
         from datasets import Dataset
 
         from alignlab.models import load_tokenizer
@@ -161,7 +223,8 @@ class StageContext:
             train_dataset=Dataset.from_list(train),
             eval_dataset=Dataset.from_list(held) if held else None,
             processing_class=tokenizer,
-            callbacks=[self.tracker.callback(), divergence_guard(self.node, self.stage)],
+            callbacks=[self.tracker.callback(), divergence_guard(self.node, self.stage),
+                       collapse_guard(self.node, self.stage, self.hparams, token_loss)],
             **kwargs,
         )
 
@@ -172,8 +235,6 @@ class StageContext:
         from alignlab.data import DataError
 
         h, key = self.hparams, f"stage.{self.stage}"
-        if h.on_too_long not in ("truncate", "drop", "error"):
-            raise DataError(f"{key}.on_too_long '{h.on_too_long}' is not one of truncate, drop, error")
 
         def tokens(messages: list) -> int:
             text = tokenizer.apply_chat_template(messages, tokenize=False)

@@ -14,8 +14,6 @@ from omegaconf import OmegaConf
 
 from alignlab.stages.context import StageContext
 
-DATA_KIND = "preference"
-
 
 def build_trainer(ctx: StageContext):
     from transformers import set_seed

@@ -16,7 +16,6 @@ from alignlab.errors import ConfigError
 from alignlab.models.precision import mixed_precision
 from alignlab.stages.context import StageContext
 
-DATA_KIND = "prompt"
 # Set by `accelerate launch` for engines that shard parameters, which adapter switching on one
 # shared base cannot follow.
 SHARDING_ENGINES = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed"}

@@ -17,7 +17,6 @@ import torch
 from alignlab.models import add_adapter, load_adapter, load_base, load_tokenizer
 from alignlab.stages.context import StageContext
 
-DATA_KIND = "preference"
 MARGIN_PLOT = "reward_margins.png"
 
 

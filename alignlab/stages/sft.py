@@ -11,8 +11,6 @@ from typing import Dict
 from alignlab.models import load_base
 from alignlab.stages.context import StageContext
 
-DATA_KIND = "sft"
-
 
 def build_trainer(ctx: StageContext):
     """Model (upstream `init` adapter or a fresh seeded one), data and trl SFTTrainer, ready to train."""
@@ -30,7 +28,7 @@ def build_trainer(ctx: StageContext):
         packing=h.packing,
         dataset_num_proc=None,
     )
-    return ctx.trainer(SFTTrainer, model, args)
+    return ctx.trainer(SFTTrainer, model, args, token_loss=True)
 
 
 def run(ctx: StageContext) -> Dict[str, float]:

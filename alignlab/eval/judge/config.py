@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 from typing import List
 
 from alignlab.models.config import ModelConfig
+from alignlab.schema import one_of, within
+from alignlab.stages.config import PRECISIONS
 
 
 @dataclass
@@ -19,11 +21,11 @@ class OpenAIJudgeConfig:
     base_url: str = "http://127.0.0.1:8000/v1"
     model: str = "judge"
     api_key_env: str = "OPENAI_API_KEY"
-    concurrency: int = 4
-    timeout: float = 120.0  # seconds per request
-    max_retries: int = 3  # retries after the first attempt (timeouts, 5xx, refused connections)
-    backoff: float = 1.0  # first retry waits this many seconds, doubling each time
-    on_error: str = "fail"  # fail | count
+    concurrency: int = within(4, ge=1)
+    timeout: float = within(120.0, gt=0)  # seconds per request
+    max_retries: int = within(3, ge=0)  # retries after the first attempt (timeouts, 5xx, refused connections)
+    backoff: float = within(1.0, ge=0)  # first retry waits this many seconds, doubling each time
+    on_error: str = one_of("fail", "fail", "count")
 
 
 @dataclass
@@ -39,18 +41,18 @@ class JudgeConfig:
     """
 
     enabled: bool = True
-    backend: str = "local"  # local | openai
+    backend: str = one_of("local", "local", "openai")
     local: ModelConfig = field(default_factory=ModelConfig)
-    local_verdict: str = "logprobs"  # logprobs | generate (see alignlab.eval.judge.local)
+    local_verdict: str = one_of("logprobs", "logprobs", "generate")  # see alignlab.eval.judge.local
     openai: OpenAIJudgeConfig = field(default_factory=OpenAIJudgeConfig)
     template: str = "pair-v2"
     prompts: str = "judge"  # key into the data group (kind: prompt)
-    num_prompts: int = 8
+    num_prompts: int = within(8, ge=1)
     comparisons: List[str] = field(default_factory=list)
-    max_new_tokens: int = 128  # response length of the judged models
-    batch_size: int = 4  # generation batch of the judged models and the local judge
-    judge_max_new_tokens: int = 192  # the judge's explanation + verdict
+    max_new_tokens: int = within(128, ge=1)  # response length of the judged models
+    batch_size: int = within(4, ge=1)  # generation batch of the judged models and the local judge
+    judge_max_new_tokens: int = within(192, ge=1)  # the judge's explanation + verdict
     seed: int = 1234
-    mixed_precision: str = "auto"  # of response generation and the local judge (auto | no | bf16 | fp16)
-    confidence: float = 0.95  # Wilson interval level of the win rates
-    sample_responses: int = 3  # prompts shown side by side in the report
+    mixed_precision: str = one_of("auto", *PRECISIONS)  # of response generation and the local judge
+    confidence: float = within(0.95, gt=0, lt=1)  # Wilson interval level of the win rates
+    sample_responses: int = within(3, ge=0)  # prompts shown side by side in the report

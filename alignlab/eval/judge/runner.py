@@ -20,9 +20,9 @@ from alignlab.eval.judge.templates import load_template
 from alignlab.eval.judge.verdicts import combine, parse_verdict, tally
 from alignlab.models.generation import chat_generate
 from alignlab.models.precision import mixed_precision
+from alignlab.stages import BASE
 
 log = logging.getLogger("alignlab.judge")
-BASE = "base"
 
 
 def make_backend(judge_cfg, model_cache: str):
