@@ -241,6 +241,7 @@ def task_problems(eval_cfg: DictConfig) -> List[str]:
 
 
 def _judge_problems(cfg: DictConfig, checked: Checked, data_home: Optional[str]) -> List[str]:
+    from alignlab.data import load_data
     from alignlab.eval.judge.templates import load_template
 
     j, problems = cfg.judge, []
@@ -261,6 +262,11 @@ def _judge_problems(cfg: DictConfig, checked: Checked, data_home: Optional[str])
         problems.append("judge.enabled: the pipeline has no generative node to judge; set judge=none")
     if j.prompts not in cfg.data:
         problems.append(f"judge.prompts: no dataset '{j.prompts}' in the data group (have: {', '.join(cfg.data)})")
+    else:
+        try:
+            load_data(cfg.data[j.prompts], "prompt", data_home=data_home)
+        except AlignlabError as err:
+            problems.append(f"data.{j.prompts}: {err}")
     try:
         load_template(j.template, data_home)
     except AlignlabError as err:

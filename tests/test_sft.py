@@ -7,6 +7,7 @@ import torch
 
 from alignlab.models import load_adapter, load_base, load_tokenizer
 from alignlab.stages import sft
+from alignlab.stages.context import Artifact, load_inference
 from conftest import TINY_SFT
 
 
@@ -89,3 +90,17 @@ def test_merge_export_writes_a_standalone_model_with_the_adapter_folded_in(compo
     with torch.no_grad():
         torch.testing.assert_close(merged(input_ids=ids).logits, adapted(input_ids=ids).logits, rtol=1e-4, atol=1e-4)
     assert not any("lora" in n for n, _ in merged.named_parameters())
+
+
+def test_nodes_are_evaluated_merged_only_in_fp32(compose, stage_context):
+    """Merging LoRA into bf16 weights rounds W + BA: evaluations would measure the rounding too."""
+    from peft import PeftModel
+
+    cfg = compose(*TINY_SFT)
+    ctx = stage_context(cfg)
+    sft.run(ctx)
+    node = Artifact(node="sft", stage="sft", key="k", path=ctx.work_dir)
+    fp32, _ = load_inference(cfg, node)
+    bf16, _ = load_inference(compose(*TINY_SFT, "model.dtype=bfloat16"), node)
+    assert not isinstance(fp32, PeftModel)
+    assert isinstance(bf16, PeftModel) and next(bf16.parameters()).dtype == torch.bfloat16

@@ -123,7 +123,7 @@ class Artifact:
 
 def load_inference(cfg, artifact: Optional[Artifact] = None):
     """(model, tokenizer) in eval mode: the base of `cfg`, or a finished node's model on it."""
-    from alignlab.models import load_adapter, load_base, load_tokenizer
+    from alignlab.models import load_adapter, load_base, load_tokenizer, torch_dtype
 
     cache = cfg.paths.model_cache
     if artifact is not None and artifact.full_model_dir.is_dir():
@@ -132,7 +132,9 @@ def load_inference(cfg, artifact: Optional[Artifact] = None):
         model = load_base(cfg.model, cfg.quant, cache)
         if artifact is not None:
             model = load_adapter(model, artifact.adapter_dir, trainable=False)
-            if cfg.quant.method == "none":  # merged: generation and lm-eval run at the base's speed
+            # Merged, generation and lm-eval run at the base's speed; but folding W + BA into bf16/fp16
+            # (or quantized) weights rounds it, and forgetting deltas would include that rounding.
+            if cfg.quant.method == "none" and torch_dtype(cfg.model) == torch.float32:
                 model = model.merge_and_unload()
     return model.eval(), load_tokenizer(cfg.model, cache)
 
