@@ -15,7 +15,7 @@ from alignlab.data.config import DataConfig
 from alignlab.eval.config import ForgettingConfig
 from alignlab.eval.judge.config import JudgeConfig
 from alignlab.models.config import ModelConfig, PeftConfig, QuantConfig
-from alignlab.schema import one_of
+from alignlab.schema import one_of, within
 from alignlab.stages.config import StageGroupConfig
 
 
@@ -67,6 +67,9 @@ class RootConfig:
     name: str = "quickstart"  # experiment name: W&B group and summary title
     dry_run: bool = False  # `alignlab check ...`: preflight, print the plan, train nothing
     seed: int = 42
+    # Seconds a collective (a training step's all-reduce, a node barrier) may wait under `accelerate
+    # launch`; the main process's evaluations are waited for without one (alignlab/ranks.py).
+    process_group_timeout: int = within(1800, ge=1)
     model: ModelConfig = field(default_factory=ModelConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
     peft: PeftConfig = field(default_factory=PeftConfig)

@@ -15,7 +15,7 @@ import os
 import shutil
 import time
 from contextlib import nullcontext
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from alignlab.data.store import data_home as resolve_data_home
 from alignlab.preflight import Checked, preflight
+from alignlab.ranks import MainProcessSignal
 from alignlab.eval.checks import ForgettingChecks
 from alignlab.eval.judge.runner import JudgeChecks
 from alignlab.report import write_report
@@ -97,8 +98,11 @@ class Pipeline:
         }
         # Under `accelerate launch` every process runs the pipeline: all train each node together;
         # the main process alone holds the node lock, publishes artifacts, evaluates and reports.
-        self.state = PartialState(cpu=not torch.cuda.is_available())
+        self.state = PartialState(cpu=not torch.cuda.is_available(),
+                                  timeout=timedelta(seconds=cfg.process_group_timeout))
         self.main = self.state.is_main_process
+        # Several processes: the others wait for the main one's evaluations without a collective.
+        self.signal = MainProcessSignal(self.state, self.cache_dir) if self.state.num_processes > 1 else None
         self.forgetting: Optional[ForgettingChecks] = None
         self.judging: Optional[JudgeChecks] = None
 
@@ -128,6 +132,8 @@ class Pipeline:
             self.summary["error"] = f"{type(err).__name__}: {err}"
             raise
         finally:
+            if self.signal is not None:
+                self.signal.finish(self.summary.get("error"))
             self.summary["finished"] = datetime.now(timezone.utc).isoformat()
             if self.main:
                 self._write_summary()
@@ -196,6 +202,8 @@ class Pipeline:
         self.summary["nodes"][name] = entry
         final = cache_entry(self.cache_dir, node.stage, key)
         start = time.time()
+        if self.signal is not None:
+            self.signal.reached(f"node-{name}")  # the main process is done evaluating the nodes before
         with FileLock(str(final) + ".lock") if self.main else nullcontext():
             self.state.wait_for_everyone()
             if is_complete(final):

@@ -60,3 +60,20 @@ def test_repository_accelerate_configs_load():
         if stage is not None:
             assert config.deepspeed_config["zero_stage"] == stage
     assert load_config_from_file(str(REPO / "accelerate" / "cpu_ddp.yaml")).num_processes == 2
+
+
+def test_evaluations_longer_than_the_process_group_timeout_complete(data_home, model_cache, tmp_path):
+    """The main process evaluates the base and the sft node (lm-eval, well over 8 s) while the other
+    waits; with an 8 s process-group timeout a collective barrier there would fail the run."""
+    run_dir = tmp_path / "run"
+    cmd = [
+        ACCELERATE, "launch", "--config_file", str(REPO / "accelerate" / "cpu_ddp.yaml"), "-m", "alignlab.cli",
+        *[o for o in TINY_SFT if not o.startswith("eval=")], "stage.sft.max_steps=2", "eval=forgetting_quick",
+        "eval.limit=40", "process_group_timeout=8", f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run_dir}",
+    ]
+    done = subprocess.run(cmd, env=alignlab_env(data_home, model_cache), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["nodes"]["sft"]["status"] == "trained"
+    assert summary["forgetting"]["nodes"]["sft"]["scores"]
+    assert not list((tmp_path / "cache" / ".sync").iterdir())  # markers cleaned up after success
