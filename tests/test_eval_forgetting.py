@@ -97,7 +97,7 @@ def test_mmlu_group_covers_all_subjects_and_a_subset_can_replace_it(bundled, dat
 
 
 def test_missing_mirror_file_is_a_clear_error(tmp_path):
-    with pytest.raises(AlignlabError, match="benchmark file .*ARC-Easy-Dev.jsonl is missing"):
+    with pytest.raises(AlignlabError, match=r"data file .*ARC-Easy-Dev.jsonl is missing from the data home .*alignlab data fetch benchmarks/arc/ARC-Easy-Dev.jsonl"):
         _task_manager(tmp_path).load(["alignlab_arc_easy"])
 
 

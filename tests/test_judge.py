@@ -159,5 +159,5 @@ def test_compare_run_in_wandb_offline(compose, tmp_path):
 
 
 def test_bad_comparison_names_the_key(compose, tmp_path):
-    with pytest.raises(ConfigError, match="judge.comparisons 'dpo:ppo': no generative node or base named 'ppo'"):
+    with pytest.raises(ConfigError, match=r"judge.comparisons: 'dpo:ppo': no generative node or base named 'ppo' \(have: base, sft, dpo\)"):
         _run(compose, tmp_path, "run", "judge.comparisons=[dpo:ppo]")
