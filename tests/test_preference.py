@@ -114,3 +114,13 @@ def test_dpo_loss_types_train(compose, stage_context, loss_type):
     for key in ("eval_rewards/accuracies", "eval_rewards/margins", "eval_logps/chosen", "eval_logps/rejected"):
         assert key in metrics, key
     assert not (ctx.work_dir / "adapter" / "ref").exists()
+
+
+def test_reward_normalisation_makes_the_reference_set_score_zero(compose, stage_context):
+    cfg = compose(*PIPELINE, "stage.reward.normalize_rows=8")
+    ctx = stage_context(cfg, "rm")
+    metrics = reward.run(ctx)
+    assert metrics["reward_offset"] != 0.0
+    reloaded = reward.RewardScorer.from_artifact(ctx.work_dir, cfg, max_length=128)
+    assert reloaded.offset == metrics["reward_offset"]
+    assert abs(reloaded.chosen_scores(ctx.data.train[:8]).double().mean().item()) < 1e-5

@@ -104,3 +104,40 @@ def test_nodes_are_evaluated_merged_only_in_fp32(compose, stage_context):
     bf16, _ = load_inference(compose(*TINY_SFT, "model.dtype=bfloat16"), node)
     assert not isinstance(fp32, PeftModel)
     assert isinstance(bf16, PeftModel) and next(bf16.parameters()).dtype == torch.bfloat16
+
+
+def _trained_text(trainer, index: int) -> str:
+    labels = trainer.data_collator([trainer.train_dataset[index]])["labels"][0]
+    return trainer.processing_class.decode(labels[labels != -100])
+
+
+def test_loss_scope_completion_trains_the_final_reply_and_all_trains_every_token(compose, stage_context):
+    multi_turn = (*TINY_SFT, "data@data.sft=oasst_sft", "data.sft.max_chars=3000", "stage.sft.max_length=512")
+    cfg = compose(*multi_turn, "stage.sft.loss_scope=completion")
+    row = next(i for i, r in enumerate(stage_context(cfg).data.train)
+               if sum(m["role"] == "assistant" for m in r["messages"]) > 1)  # a multi-turn conversation
+    messages = stage_context(cfg).data.train[row]["messages"]
+    completion = sft.build_trainer(stage_context(cfg))
+    trained = _trained_text(completion, row)
+    assert trained.startswith(messages[-1]["content"]) and messages[1]["content"] not in trained
+
+    every = sft.build_trainer(stage_context(compose(*multi_turn, "stage.sft.loss_scope=all")))
+    ids = every.train_dataset[row]["input_ids"]
+    labels = every.data_collator([every.train_dataset[row]])["labels"][0]
+    assert labels.tolist() == ids  # no token masked
+    assistant = sft.build_trainer(stage_context(compose(*multi_turn)))
+    assert messages[1]["content"] in _trained_text(assistant, row)  # every assistant turn
+
+
+def test_disable_dropout_turns_off_the_adapters_dropout_and_optimizer_settings_reach_the_trainer(compose, stage_context):
+    kept = sft.build_trainer(stage_context(compose(*TINY_SFT, "peft.dropout=0.3")))
+    assert {m.p for m in kept.model.modules() if isinstance(m, torch.nn.Dropout)} >= {0.3}
+    off = sft.build_trainer(stage_context(compose(*TINY_SFT, "peft.dropout=0.3", "stage.sft.disable_dropout=true",
+                                                  "stage.sft.adam_beta2=0.95", "stage.sft.adam_epsilon=1e-5")))
+    assert {m.p for m in off.model.modules() if isinstance(m, torch.nn.Dropout)} == {0.0}
+    off.model.train()
+    ids = torch.tensor([off.train_dataset[0]["input_ids"]])
+    with torch.no_grad():
+        torch.testing.assert_close(off.model(input_ids=ids).logits, off.model(input_ids=ids).logits, rtol=0, atol=0)
+    optimizer = off.create_optimizer()
+    assert optimizer.defaults["betas"] == (0.9, 0.95) and optimizer.defaults["eps"] == 1e-5

@@ -5,7 +5,7 @@ configs (the CLI's composition and preflight) stays fast.
 """
 from alignlab.models.config import ModelConfig, PeftConfig, QuantConfig
 
-LOADERS = ("add_adapter", "copy_lora_weights", "load_adapter", "load_base", "load_tokenizer", "lora_config",
+LOADERS = ("add_adapter", "copy_lora_weights", "disable_dropout", "load_adapter", "load_base", "load_tokenizer", "lora_config",
            "resolve_model_path", "torch_dtype")
 
 __all__ = ["ModelConfig", "PeftConfig", "QuantConfig", *LOADERS]

@@ -210,3 +210,16 @@ def load_adapter(model, adapter_dir: str | os.PathLike, trainable: bool, adapter
     if trainable:
         model = _prepare_quantized(model)
     return PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=adapter_name, is_trainable=trainable)
+
+
+def disable_dropout(model) -> None:
+    """Every dropout off: nn.Dropout modules (the model's and LoRA's) and the rates attention reads
+    from the config (`attention_dropout` is applied inside the attention function, not by a module)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        config = getattr(module, "config", None)
+        if config is not None:
+            for name in ("attention_dropout", "attn_pdrop", "hidden_dropout", "resid_pdrop", "embd_pdrop"):
+                if isinstance(getattr(config, name, None), float):
+                    setattr(config, name, 0.0)

@@ -39,6 +39,10 @@ class TrainerConfig:
     weight_decay: float = within(0.0, ge=0)
     max_grad_norm: float = within(1.0, ge=0)  # 0: no clipping
     optim: str = one_of("adamw_torch", source=optimizer_names)
+    adam_beta1: float = within(0.9, ge=0, lt=1)  # Adam/AdamW moment decay rates and epsilon
+    adam_beta2: float = within(0.999, ge=0, lt=1)
+    adam_epsilon: float = within(1e-8, gt=0)
+    disable_dropout: bool = False  # every dropout of the model and its adapter off while training
     mixed_precision: str = one_of("auto", *PRECISIONS)  # auto: bf16 where the GPU/CPU computes it natively
     gradient_checkpointing: bool = False
     on_too_long: str = one_of("truncate", "truncate", "drop", "error")  # rows over max_length tokens (counted)
@@ -56,7 +60,8 @@ class SFTStageConfig(TrainerConfig):
     """Supervised fine-tuning on conversations (trl SFTTrainer)."""
 
     max_length: int = within(1024, ge=1)
-    assistant_only_loss: bool = True  # loss on assistant tokens only
+    # Which tokens the loss covers: every assistant turn | the final assistant reply only | all tokens
+    loss_scope: str = one_of("assistant", "assistant", "completion", "all")
     packing: bool = False
     merge_export: bool = False  # also write the adapter merged into the base weights (merged/)
 
@@ -68,6 +73,9 @@ class RewardStageConfig(TrainerConfig):
     learning_rate: float = within(1e-4, gt=0)
     max_length: int = within(512, ge=1)
     center_rewards_coefficient: Optional[float] = within(None, ge=0)  # e.g. 0.01 keeps rewards centred on 0
+    # After training, shift every score so the chosen replies of the first `normalize_rows` training
+    # pairs (the reference set: demonstrations, as InstructGPT normalises) score 0 on average; 0: off.
+    normalize_rows: int = within(0, ge=0)
     disable_dropout: bool = True
     score_batch_size: int = within(8, ge=1)  # batch size of held-out scoring (accuracy, margins)
 

@@ -5,7 +5,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -142,7 +142,8 @@ def load_inference(cfg, artifact: Optional[Artifact] = None):
 # TrainerConfig fields handed to transformers/trl under the same name.
 PASSED_THROUGH = ("learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
                   "per_device_eval_batch_size", "gradient_accumulation_steps", "lr_scheduler_type", "warmup_steps",
-                  "weight_decay", "max_grad_norm", "optim", "logging_steps", "eval_steps", "save_steps")
+                  "weight_decay", "max_grad_norm", "optim", "adam_beta1", "adam_beta2", "adam_epsilon",
+                  "logging_steps", "eval_steps", "save_steps")
 
 
 def trainer_fields(h: dict, has_eval: bool) -> dict:
@@ -208,17 +209,21 @@ class StageContext:
             return load_adapter(model, upstream.adapter_dir, trainable=True)
         return add_adapter(model, cfg.peft, cfg.quant, gradient_checkpointing=self.hparams.gradient_checkpointing)
 
-    def trainer(self, trainer_cls, model, args, held_out: bool = True, token_loss: bool = False, **kwargs):
-        """A trl trainer over this node's rows, tokenizer, tracking callback and guards
-        (`token_loss`: the loss is next-token cross-entropy, so a collapse to uniform is detectable)."""
+    def trainer(self, trainer_cls, model, args, held_out: bool = True, token_loss: bool = False,
+                row_format: Callable[[dict], dict] = dict, **kwargs):
+        """A trl trainer over this node's rows (in the form `row_format` gives them), tokenizer,
+        tracking callback and guards (`token_loss`: the loss is next-token cross-entropy, so a
+        collapse to uniform is detectable); the model's dropout off if the stage says so."""
         from datasets import Dataset
 
-        from alignlab.models import load_tokenizer
+        from alignlab.models import disable_dropout, load_tokenizer
 
         evaluate = held_out and bool(self.data.eval)
         tokenizer = load_tokenizer(self.cfg.model, self.model_cache)
-        train = self.fit_to_length(tokenizer, self.data.train, "train")
-        held = self.fit_to_length(tokenizer, self.data.eval, "eval") if evaluate else []
+        train = [row_format(r) for r in self.fit_to_length(tokenizer, self.data.train, "train")]
+        held = [row_format(r) for r in self.fit_to_length(tokenizer, self.data.eval, "eval")] if evaluate else []
+        if self.hparams.disable_dropout:
+            disable_dropout(model)
         return trainer_cls(
             model=model,
             args=args,

@@ -5,10 +5,14 @@ margins and a margin histogram.
 `init: sft` copies the SFT node's LoRA weights into the reward adapter (same base, same LoRA
 layout), so the transformer starts from the SFT policy and the score head starts fresh; the head
 is saved with the adapter (`modules_to_save`) and reloads to identical scores.
+`normalize_rows` shifts the scores after training so a reference set (the chosen replies of the
+first training pairs) scores 0 on average; the shift is saved with the adapter (`reward_offset.json`)
+and every scorer of the artifact subtracts it.
 `RewardScorer` is the batched `score(prompt, response)` the PPO stage and the judge call.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Dict, List, Sequence
 
@@ -18,13 +22,21 @@ from alignlab.models import add_adapter, load_adapter, load_base, load_tokenizer
 from alignlab.stages.context import StageContext
 
 MARGIN_PLOT = "reward_margins.png"
+OFFSET_FILE = "reward_offset.json"
+
+
+def reward_offset(adapter_dir: str | Path) -> float:
+    """The score shift a normalised reward node saved with its adapter (0 when not normalised)."""
+    path = Path(adapter_dir) / OFFSET_FILE
+    return json.loads(path.read_text())["offset"] if path.is_file() else 0.0
 
 
 class RewardScorer:
     """Batched scalar rewards for (prompt messages, response text) pairs."""
 
-    def __init__(self, model, tokenizer, max_length: int = 512, batch_size: int = 8):
+    def __init__(self, model, tokenizer, max_length: int = 512, batch_size: int = 8, offset: float = 0.0):
         self.model = model.eval()
+        self.offset = offset  # subtracted from every score (reward normalisation)
         self.tokenizer = tokenizer
         self.tokenizer.truncation_side = "left"  # over-long texts keep their response end, where the score is read
         self.max_length = max_length
@@ -35,8 +47,9 @@ class RewardScorer:
         """Base with a score head + the reward node's adapter (frozen), as the pipeline saved it."""
         tokenizer = load_tokenizer(cfg.model, cfg.paths.model_cache)
         base = load_base(cfg.model, cfg.quant, cfg.paths.model_cache, head="score")
-        model = load_adapter(base, Path(artifact_dir) / "adapter", trainable=False)
-        return cls(model, tokenizer, max_length, batch_size)
+        adapter_dir = Path(artifact_dir) / "adapter"
+        model = load_adapter(base, adapter_dir, trainable=False)
+        return cls(model, tokenizer, max_length, batch_size, reward_offset(adapter_dir))
 
     def texts(self, prompts: Sequence[List[dict]], responses: Sequence[str]) -> List[str]:
         return [
@@ -59,14 +72,15 @@ class RewardScorer:
                 add_special_tokens=False,
             ).to(device)
             out.append(self.model(**batch).logits[:, 0].float().cpu())
-        return torch.cat(out) if out else torch.empty(0)
+        return torch.cat(out) - self.offset if out else torch.empty(0)
+
+    def chosen_scores(self, rows: Sequence[dict]) -> torch.Tensor:
+        return self.score([r["prompt"] for r in rows], [r["chosen"][-1]["content"] for r in rows])
 
     def margins(self, rows: Sequence[dict]) -> torch.Tensor:
         """r(chosen) - r(rejected) for conversational preference rows."""
-        prompts = [r["prompt"] for r in rows]
-        chosen = self.score(prompts, [r["chosen"][-1]["content"] for r in rows])
-        rejected = self.score(prompts, [r["rejected"][-1]["content"] for r in rows])
-        return chosen - rejected
+        rejected = self.score([r["prompt"] for r in rows], [r["rejected"][-1]["content"] for r in rows])
+        return self.chosen_scores(rows) - rejected
 
 
 def build_trainer(ctx: StageContext):
@@ -97,9 +111,16 @@ def build_trainer(ctx: StageContext):
 def run(ctx: StageContext) -> Dict[str, float]:
     trainer = build_trainer(ctx)
     metrics = ctx.fit(trainer)
+    h = ctx.hparams
+    scorer = RewardScorer(plain_model(trainer), trainer.processing_class, h.max_length, h.score_batch_size)
+    if h.normalize_rows:
+        reference = ctx.data.train[:h.normalize_rows]
+        scorer.offset = scorer.chosen_scores(reference).double().mean().item()
+        if trainer.is_world_process_zero():
+            (ctx.output_model_dir / OFFSET_FILE).write_text(json.dumps(
+                {"offset": scorer.offset, "rows": len(reference), "reference": "chosen replies of the first training pairs"}))
+        metrics["reward_offset"] = scorer.offset
     if ctx.data.eval:
-        h = ctx.hparams
-        scorer = RewardScorer(plain_model(trainer), trainer.processing_class, h.max_length, h.score_batch_size)
         held_out = evaluate(scorer, ctx.data.eval, ctx.work_dir / MARGIN_PLOT, ctx.node)
         metrics.update(held_out)
         ctx.tracker.log(held_out, step=metrics["train_steps"])

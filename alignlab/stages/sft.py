@@ -1,7 +1,8 @@
 """SFT recipe: load base (+ LoRA/QLoRA) -> conversations -> trl SFTTrainer -> adapter + metrics.
 
-Loss is on assistant tokens only (`assistant_only_loss`, through the chat template's
-generation markers); the held-out split gives `eval_loss`.
+The loss covers what `loss_scope` says: every assistant turn (through the chat template's
+generation markers), the final assistant reply only (the conversation before it becomes the
+prompt), or all tokens; the held-out split gives `eval_loss`.
 """
 from __future__ import annotations
 
@@ -24,11 +25,19 @@ def build_trainer(ctx: StageContext):
     args = ctx.trainer_args(
         SFTConfig,
         max_length=h.max_length,
-        assistant_only_loss=h.assistant_only_loss,
+        assistant_only_loss=h.loss_scope == "assistant",
+        completion_only_loss=h.loss_scope == "completion",
         packing=h.packing,
         dataset_num_proc=None,
     )
-    return ctx.trainer(SFTTrainer, model, args, token_loss=True)
+    row_format = _prompt_completion if h.loss_scope == "completion" else dict
+    return ctx.trainer(SFTTrainer, model, args, token_loss=True, row_format=row_format)
+
+
+def _prompt_completion(row: dict) -> dict:
+    """A conversation as trl's conversational prompt-completion row: the final reply is the completion."""
+    messages = row["messages"]
+    return {"prompt": messages[:-1], "completion": messages[-1:]}
 
 
 def run(ctx: StageContext) -> Dict[str, float]:
