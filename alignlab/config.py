@@ -15,6 +15,7 @@ from alignlab.data.config import DataConfig
 from alignlab.eval.config import ForgettingConfig
 from alignlab.eval.judge.config import JudgeConfig
 from alignlab.models.config import ModelConfig, PeftConfig, QuantConfig
+from alignlab.provenance import PaperConfig
 from alignlab.schema import one_of, within
 from alignlab.stages.config import StageGroupConfig
 
@@ -81,6 +82,7 @@ class RootConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    paper: PaperConfig = field(default_factory=PaperConfig)  # experiments/paper: sources and deviations
 
 
 def register_configs() -> None:

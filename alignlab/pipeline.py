@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from alignlab.data.store import data_home as resolve_data_home
 from alignlab.preflight import Checked, preflight
+from alignlab.provenance import paper_section
 from alignlab.ranks import MainProcessSignal
 from alignlab.eval.checks import ForgettingChecks
 from alignlab.eval.judge.runner import JudgeChecks
@@ -96,6 +97,8 @@ class Pipeline:
             "status": "running",
             "nodes": {},
         }
+        if cfg.paper.citation:
+            self.summary["paper"] = paper_section(cfg)
         # Under `accelerate launch` every process runs the pipeline: all train each node together;
         # the main process alone holds the node lock, publishes artifacts, evaluates and reports.
         self.state = PartialState(cpu=not torch.cuda.is_available(),

@@ -184,8 +184,18 @@ def _samples(section: dict, count: int) -> List[Block]:
     return [("p", "Sample responses"), ("table", (["prompt", *models], rows))]
 
 
+def _paper_section(section: dict) -> List[Block]:
+    blocks: List[Block] = [("p", f"Reproduces {section['citation']}.")]
+    if section["departures"]:
+        blocks.append(("p", "This run departs from the paper's sourced values without a declared reason: "
+                       + "; ".join(section["departures"])))
+    rows = [[key, d["kind"], d["reason"]] for key, d in section["deviations"].items()]
+    return blocks + [("p", "Declared deviations from the paper"), ("table", (["key", "kind", "reason"], rows))]
+
+
 def _sections(summary: dict, plots: Path, samples: int) -> List[Tuple[str, List[Block]]]:
-    return [
+    paper = [("Paper", _paper_section(summary["paper"]))] if "paper" in summary else []
+    return paper + [
         ("Nodes", _nodes_section(summary, plots)),
         ("Forgetting checks", _forgetting_section(summary.get("forgetting"), plots)),
         ("Judge", _judge_section(summary.get("judge"), plots, samples)),
