@@ -6,8 +6,8 @@ conf/eval, conf/judge -> alignlab.eval; conf/logger -> alignlab.tracking; conf/p
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from dataclasses import dataclass, field, make_dataclass
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 
@@ -17,7 +17,7 @@ from alignlab.eval.judge.config import JudgeConfig
 from alignlab.models.config import ModelConfig, PeftConfig, QuantConfig
 from alignlab.provenance import PaperConfig
 from alignlab.schema import one_of, within
-from alignlab.stages.config import StageGroupConfig
+from alignlab.stages import REGISTRY
 
 
 @dataclass
@@ -29,6 +29,7 @@ class NodeConfig:
     init: Optional[str] = None  # upstream whose weights initialise this node
     policy: Optional[str] = None  # upstream policy to continue (DPO, PPO)
     reward: Optional[str] = None  # upstream reward model (PPO)
+    hparams: Dict[str, Any] = field(default_factory=dict)  # this node's settings over stage.<kind>
 
 
 @dataclass
@@ -75,7 +76,7 @@ class RootConfig:
     quant: QuantConfig = field(default_factory=QuantConfig)
     peft: PeftConfig = field(default_factory=PeftConfig)
     data: Dict[str, DataConfig] = field(default_factory=dict)
-    stage: StageGroupConfig = field(default_factory=StageGroupConfig)
+    stage: Any = None  # one block per registered stage kind (`schema()` types it)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     eval: ForgettingConfig = field(default_factory=ForgettingConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
@@ -85,5 +86,12 @@ class RootConfig:
     paper: PaperConfig = field(default_factory=PaperConfig)  # experiments/paper: sources and deviations
 
 
+def schema() -> type:
+    """RootConfig with `stage` typed from the stage registry: one structured block per kind."""
+    group = make_dataclass("StageGroupConfig", [(kind, spec.config, field(default_factory=spec.config))
+                                                for kind, spec in REGISTRY.items()])
+    return make_dataclass("AlignlabConfig", [("stage", group, field(default_factory=group))], bases=(RootConfig,))
+
+
 def register_configs() -> None:
-    ConfigStore.instance().store(name="alignlab_schema", node=RootConfig)
+    ConfigStore.instance().store(name="alignlab_schema", node=schema())

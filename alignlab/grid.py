@@ -20,21 +20,14 @@ from typing import Any, Dict, List, Optional
 from filelock import FileLock
 from hydra.experimental.callback import Callback
 
-# Headline metrics picked per stage from a node's summary metrics.
-STAGE_METRICS = {
-    "reward": ("eval_accuracy",),
-    "dpo": ("eval_rewards/accuracies", "eval_rewards/margins"),
-    "ppo": ("final/reward_mean", "final/kl"),
-    "sft": ("eval_loss",),
-}
-
+from alignlab.stages import headline
 
 def summary_row(summary: Dict[str, Any]) -> Dict[str, Any]:
     """The flattened key metrics of one run's summary.json (the grid summary's metric columns)."""
     row: Dict[str, Any] = {}
     for name, node in summary.get("nodes", {}).items():
         row[f"{name}/status"] = node.get("status")
-        for metric in STAGE_METRICS.get(node.get("stage"), ()):
+        for metric in headline([node.get("stage")]):
             value = (node.get("metrics") or {}).get(metric)
             if value is not None:
                 row[f"{name}/{metric}"] = value

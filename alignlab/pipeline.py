@@ -31,7 +31,7 @@ from alignlab.ranks import MainProcessSignal
 from alignlab.eval.checks import ForgettingChecks
 from alignlab.eval.judge.runner import JudgeChecks
 from alignlab.report import write_report
-from alignlab.stages import BASE, GENERATIVE_STAGES, UPSTREAM_ROLES, stage_module
+from alignlab.stages import BASE, UPSTREAM_ROLES, generative, spec, stage_module
 from alignlab.models import torch_dtype
 from alignlab.stages.context import Artifact, StageContext, load_inference, mixed_precision
 from alignlab.tracking import NodeTracker, log_comparison, redact
@@ -45,19 +45,32 @@ COMPLETE = "COMPLETE"
 # Settings that cannot change a node's weights stay out of its key.
 NOT_IN_KEY = {"logging_steps", "save_steps", "eval_steps", "per_device_eval_batch_size", "score_batch_size",
               "collapse_patience", "collapse_tolerance"}
+# Libraries whose upgrade may change what a recipe trains: their versions are part of every key.
+KEY_LIBRARIES = ("alignlab", "torch", "transformers", "peft", "trl")
 
 
-def node_key(cfg: DictConfig, node: DictConfig, data_fingerprint: str, upstream: Dict[str, Artifact]) -> str:
-    """SHA-256 of everything that determines the node's weights, with `auto` settings resolved."""
-    hparams = {k: v for k, v in OmegaConf.to_container(cfg.stage[node.stage], resolve=True).items() if k not in NOT_IN_KEY}
-    hparams["mixed_precision"] = mixed_precision(hparams["mixed_precision"])
+def library_versions() -> Dict[str, str]:
+    from importlib.metadata import version
+
+    return {name: version(name) for name in KEY_LIBRARIES}
+
+
+def node_key(cfg: DictConfig, kind: str, hparams: DictConfig, data_fingerprint: str,
+             upstream: Dict[str, Artifact]) -> str:
+    """SHA-256 of everything that determines the node's weights, with `auto` settings resolved:
+    its settings, model, data, upstream keys, the recipe's version and the libraries' versions."""
+    settings = {k: v for k, v in OmegaConf.to_container(hparams, resolve=True).items() if k not in NOT_IN_KEY}
+    if "mixed_precision" in settings:
+        settings["mixed_precision"] = mixed_precision(settings["mixed_precision"])
     model = OmegaConf.to_container(cfg.model, resolve=True)
     model["dtype"] = str(torch_dtype(cfg.model))
     model.pop("device_map")
     payload = {
         "version": CACHE_VERSION,
-        "stage": node.stage,
-        "hparams": hparams,
+        "stage": kind,
+        "recipe_version": spec(kind).version,
+        "libraries": library_versions(),
+        "hparams": settings,
         "model": model,
         "quant": OmegaConf.to_container(cfg.quant, resolve=True),
         "peft": OmegaConf.to_container(cfg.peft, resolve=True),
@@ -124,7 +137,7 @@ class Pipeline:
             self._evaluate(BASE, None)
             for name in order:
                 artifacts[name] = self._run_node(name, artifacts)
-                if self.cfg.pipeline.nodes[name].stage in GENERATIVE_STAGES:
+                if generative(self.cfg.pipeline.nodes[name].stage):
                     self._write_summary()
                     self._evaluate(name, artifacts[name])
             if self.judging is not None:
@@ -179,7 +192,7 @@ class Pipeline:
         node = self.cfg.pipeline.nodes[name]
         for role in ("policy", "init"):
             up = node.get(role)
-            if up is not None and self.cfg.pipeline.nodes[up].stage in GENERATIVE_STAGES:
+            if up is not None and generative(self.cfg.pipeline.nodes[up].stage):
                 return up
         return None
 
@@ -195,7 +208,7 @@ class Pipeline:
         module = stage_module(node.stage)
         data, data_name = self.checked.data[name], self.checked.data_names[name]
         upstream = {role: artifacts[node[role]] for role in UPSTREAM_ROLES if node.get(role) is not None}
-        key = node_key(self.cfg, node, data.fingerprint, upstream)
+        key = node_key(self.cfg, node.stage, self.checked.hparams[name], data.fingerprint, upstream)
         entry = {
             "stage": node.stage,
             "key": key,
@@ -211,6 +224,8 @@ class Pipeline:
             self.state.wait_for_everyone()
             if is_complete(final):
                 log.info("node %s: cache hit %s", name, final)
+                if self.main:
+                    os.utime(final / COMPLETE)  # last use, for `alignlab cache gc --older-than`
                 art = _read_artifact(name, node.stage, key, final)
                 entry.update(status="cached", artifact=str(final), metrics=art.metrics)
                 return art
@@ -236,7 +251,9 @@ class Pipeline:
             "node": name,
             "key": key,
             "stage": node.stage,
-            "hparams": OmegaConf.to_container(self.cfg.stage[node.stage], resolve=True),
+            "recipe_version": spec(node.stage).version,
+            "libraries": library_versions(),
+            "hparams": OmegaConf.to_container(self.checked.hparams[name], resolve=True),
             "model": OmegaConf.to_container(self.cfg.model, resolve=True),
             "quant": OmegaConf.to_container(self.cfg.quant, resolve=True),
             "peft": OmegaConf.to_container(self.cfg.peft, resolve=True),
@@ -250,7 +267,7 @@ class Pipeline:
         log.info("node %s: %s %s", name, "resuming in" if resumed else "training in", work)
         ok = False
         try:
-            ctx = StageContext(name, node.stage, self.cfg.stage[node.stage], self.cfg, data, upstream, work, tracker)
+            ctx = StageContext(name, node.stage, self.checked.hparams[name], self.cfg, data, upstream, work, tracker)
             metrics = module.run(ctx)
             tracker.summary(metrics)
             ok = True

@@ -19,10 +19,10 @@ from urllib.parse import urlparse
 
 from omegaconf import DictConfig, OmegaConf
 
-from alignlab.config import RootConfig
+from alignlab.config import schema
 from alignlab.errors import AlignlabError, ConfigError
 from alignlab.schema import Range, allowed_choices
-from alignlab.stages import BASE, DATA_KINDS, DEFAULT_DATA, GENERATIVE_STAGES, STAGE_MODULES, UPSTREAM, UPSTREAM_ROLES
+from alignlab.stages import BASE, REGISTRY, UPSTREAM_ROLES, generative, node_hparams
 
 BUNDLED_PREFIX = "alignlab_"  # every task under alignlab/eval/tasks is named so
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -30,9 +30,10 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 @dataclass
 class Checked:
-    """What preflight resolved: node order, each node's dataset, the judge comparisons."""
+    """What preflight resolved: node order, each node's settings and dataset, the judge comparisons."""
 
     order: List[str] = field(default_factory=list)
+    hparams: Dict[str, Any] = field(default_factory=dict)  # node -> stage.<kind> with its own hparams merged
     data: Dict[str, Any] = field(default_factory=dict)  # node -> LoadedData
     data_names: Dict[str, str] = field(default_factory=dict)  # node -> key into cfg.data
     comparisons: Optional[List[Tuple[str, str]]] = None  # None: defaults, decided when nodes finish
@@ -43,9 +44,9 @@ def plan(nodes: DictConfig) -> List[str]:
     if not nodes:
         raise ConfigError("pipeline.nodes is empty: name at least one node, e.g. sft: {stage: sft}")
     for name, node in nodes.items():
-        if node.stage not in STAGE_MODULES:
+        if node.stage not in REGISTRY:
             raise ConfigError(
-                f"pipeline.nodes.{name}.stage: unknown stage '{node.stage}'; known: {', '.join(STAGE_MODULES)}"
+                f"pipeline.nodes.{name}.stage: unknown stage '{node.stage}'; known: {', '.join(REGISTRY)}"
             )
         for role in UPSTREAM_ROLES:
             up = node.get(role)
@@ -53,7 +54,7 @@ def plan(nodes: DictConfig) -> List[str]:
                 continue
             if up not in nodes:
                 raise ConfigError(f"pipeline.nodes.{name}.{role}: unknown upstream node '{up}'")
-            allowed = UPSTREAM[node.stage].get(role)
+            allowed = REGISTRY[node.stage].upstream.get(role)
             if allowed is None:
                 raise ConfigError(f"pipeline.nodes.{name}.{role}: a {node.stage} node takes no '{role}' upstream")
             if nodes[up].stage not in allowed:
@@ -82,11 +83,12 @@ def plan(nodes: DictConfig) -> List[str]:
     return order
 
 
-def setting_problems(cfg: Any, schema: type = RootConfig, prefix: str = "") -> List[str]:
+def setting_problems(cfg: Any, of: Optional[type] = None, prefix: str = "") -> List[str]:
     """Values outside the choices and ranges the structured configs declare, by full key."""
+    of = of or schema()
     problems: List[str] = []
-    hints = typing.get_type_hints(schema)
-    for f in dataclasses.fields(schema):
+    hints = typing.get_type_hints(of)
+    for f in dataclasses.fields(of):
         key, value = f"{prefix}{f.name}", cfg.get(f.name) if isinstance(cfg, DictConfig) else None
         if value is None or value == f.default:  # a declared default is valid (and needs no choice source)
             continue
@@ -116,16 +118,38 @@ def _nested(value: Any, hint: Any, key: str) -> List[str]:
 
 def _cross_field_problems(cfg: DictConfig) -> List[str]:
     problems = []
-    dpo = cfg.stage.dpo
-    if dpo.loss_weights is not None and len(dpo.loss_weights) != len(dpo.loss_type):
-        problems.append(f"stage.dpo.loss_weights: {len(dpo.loss_weights)} weight(s) for "
-                        f"{len(dpo.loss_type)} loss type(s) in stage.dpo.loss_type")
     if cfg.quant.method != "none" and cfg.peft.method == "none":
         problems.append(f"quant.method={cfg.quant.method} with peft.method=none: a quantized base cannot be "
                         "fully fine-tuned; set peft=lora or quant=none")
     for name, weight in cfg.eval.max_drop.items():
         if not weight >= 0:
             problems.append(f"eval.max_drop.{name}: {weight} is out of range; it must be >= 0 (points)")
+    return problems
+
+
+def _node_settings_problems(cfg: DictConfig, checked: Checked) -> List[str]:
+    """Each node's own `hparams` against its stage's schema (keys, types, choices, ranges)."""
+    problems = []
+    for name in checked.order:
+        node = cfg.pipeline.nodes[name]
+        try:
+            checked.hparams[name] = h = node_hparams(cfg, name)
+        except ConfigError as err:
+            problems.append(str(err))
+            continue
+        own = set(node.hparams)
+        problems += [p for p in setting_problems(h, REGISTRY[node.stage].config, f"pipeline.nodes.{name}.hparams.")
+                     if p.split(":", 1)[0].rsplit(".", 1)[-1] in own]
+    return problems
+
+
+def _stage_problems(cfg: DictConfig, checked: Checked) -> List[str]:
+    """Each stage kind's own checks of its nodes (the registry's `check`)."""
+    problems = []
+    for name in checked.order:
+        spec = REGISTRY[cfg.pipeline.nodes[name].stage]
+        if spec.check is not None:
+            problems += spec.check(cfg, name, checked.hparams[name], checked)
     return problems
 
 
@@ -172,12 +196,12 @@ def _data_problems(cfg: DictConfig, checked: Checked, data_home: Optional[str]) 
     problems, loaded = [], {}
     for name in checked.order:
         node = cfg.pipeline.nodes[name]
-        data_name = node.data or DEFAULT_DATA[node.stage]
+        data_name = node.data or REGISTRY[node.stage].default_data
         if data_name not in cfg.data:
             problems.append(f"pipeline.nodes.{name}.data: no dataset '{data_name}' in the data group "
                             f"(have: {', '.join(cfg.data) or 'none'})")
             continue
-        kind = DATA_KINDS[node.stage]
+        kind = REGISTRY[node.stage].data_kind
         if (data_name, kind) not in loaded:
             try:
                 loaded[data_name, kind] = load_data(cfg.data[data_name], kind, data_home=data_home)
@@ -186,30 +210,6 @@ def _data_problems(cfg: DictConfig, checked: Checked, data_home: Optional[str]) 
                 problems.append(f"data.{data_name}: {err}")
         if loaded[data_name, kind] is not None:
             checked.data[name], checked.data_names[name] = loaded[data_name, kind], data_name
-    return problems
-
-
-def _ppo_problems(cfg: DictConfig, checked: Checked) -> List[str]:
-    from alignlab.rl import rewards
-
-    problems, h = [], cfg.stage.ppo
-    for name in checked.order:
-        node = cfg.pipeline.nodes[name]
-        if node.stage != "ppo":
-            continue
-        if (node.get("reward") is None) == (not h.reward_fn):
-            problems.append(f"pipeline.nodes.{name}: a ppo node needs exactly one reward source: a `reward:` "
-                            "upstream node or stage.ppo.reward_fn")
-        data = checked.data.get(name)
-        if data is not None and len(data.train) < h.rollout_batch_size:
-            problems.append(f"pipeline.nodes.{name}: {len(data.train)} training prompt(s) in "
-                            f"data.{checked.data_names[name]}, fewer than stage.ppo.rollout_batch_size="
-                            f"{h.rollout_batch_size}")
-    if h.reward_fn and any(cfg.pipeline.nodes[n].stage == "ppo" for n in checked.order):
-        try:
-            rewards.resolve(OmegaConf.to_container(h.reward_fn, resolve=True))
-        except AlignlabError as err:
-            problems.append(str(err))
     return problems
 
 
@@ -245,7 +245,7 @@ def _judge_problems(cfg: DictConfig, checked: Checked, data_home: Optional[str])
     from alignlab.eval.judge.templates import load_template
 
     j, problems = cfg.judge, []
-    models = [BASE] + [n for n in checked.order if cfg.pipeline.nodes[n].stage in GENERATIVE_STAGES]
+    models = [BASE] + [n for n in checked.order if generative(cfg.pipeline.nodes[n].stage)]
     if j.comparisons:
         checked.comparisons = []
         for spec in j.comparisons:
@@ -288,6 +288,7 @@ def preflight(cfg: DictConfig) -> Checked:
     problems = setting_problems(cfg) + _cross_field_problems(cfg) + model_problems(cfg.model, "model")
     try:
         checked.order = plan(cfg.pipeline.nodes)
+        problems += _node_settings_problems(cfg, checked)
     except ConfigError as err:
         problems.append(str(err))
     try:
@@ -295,11 +296,13 @@ def preflight(cfg: DictConfig) -> Checked:
     except AlignlabError as err:
         raise ConfigError("\n".join(problems + [f"paths.data_home: {err}"])) from None
     if not problems:  # the data, tasks and judge checks assume valid settings
-        problems += _data_problems(cfg, checked, data_home) + _ppo_problems(cfg, checked)
+        problems += _data_problems(cfg, checked, data_home)
+        problems += _stage_problems(cfg, checked)
         if cfg.eval.enabled:
             problems += task_problems(cfg.eval)
         if cfg.judge.enabled:
             problems += _judge_problems(cfg, checked, data_home)
+    problems = list(dict.fromkeys(problems))  # a stage-level problem is found once per node of the stage
     if problems:
         head = f"{len(problems)} problems in the config:\n  " if len(problems) > 1 else ""
         raise ConfigError(head + "\n  ".join(problems))
@@ -316,7 +319,7 @@ def describe_plan(cfg: DictConfig, checked: Checked) -> str:
     for i, name in enumerate(checked.order, 1):
         node, data = cfg.pipeline.nodes[name], checked.data[name]
         upstream = {role: artifacts[node[role]] for role in UPSTREAM_ROLES if node.get(role) is not None}
-        key = node_key(cfg, node, data.fingerprint, upstream)
+        key = node_key(cfg, node.stage, checked.hparams[name], data.fingerprint, upstream)
         path = cache_entry(cache, node.stage, key)
         artifacts[name] = Artifact(node=name, stage=node.stage, key=key, path=path)
         ups = ", ".join(f"{role}={art.node}" for role, art in upstream.items()) or "base model"
@@ -328,7 +331,8 @@ def describe_plan(cfg: DictConfig, checked: Checked) -> str:
                  "generative node" if e.enabled else "  forgetting: off")
     if cfg.judge.enabled:
         pairs = ([f"{a} vs {b}" for a, b in checked.comparisons] if checked.comparisons is not None
-                 else ["each generative node vs its parent (the base for a root node), dpo vs ppo nodes"])
+                 else ["each generative node vs its parent (the base for a root node), nodes of rival methods "
+                       "against each other"])
         lines.append(f"  judge ({cfg.judge.backend}, {cfg.judge.num_prompts} prompts of data.{cfg.judge.prompts}, "
                      f"both orders): {'; '.join(pairs)}")
     else:

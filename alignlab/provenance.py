@@ -160,10 +160,10 @@ def mini_problems(full: DictConfig, mini: DictConfig) -> List[str]:
                             f"{LORA_LR_FACTOR:g} x {before!r} (kind adapter)")
         elif key.endswith(".warmup_steps"):
             problems += _warmup_problems(key, before, after, deviation)
-    if "ppo" in kinds:
-        a, b = full.stage.ppo, mini.stage.ppo
-        if a.rollout_batch_size * b.mini_batch_size != b.rollout_batch_size * a.mini_batch_size:
-            problems.append(f"stage.ppo: the mini takes {b.rollout_batch_size / b.mini_batch_size:g} minibatches "
+    for kind in kinds:  # on-policy stages: the same number of optimizer minibatches per rollout batch
+        a, b = full.stage[kind], mini.stage[kind]
+        if "rollout_batch_size" in a and a.rollout_batch_size * b.mini_batch_size != b.rollout_batch_size * a.mini_batch_size:
+            problems.append(f"stage.{kind}: the mini takes {b.rollout_batch_size / b.mini_batch_size:g} minibatches "
                             f"per rollout, the paper {a.rollout_batch_size / a.mini_batch_size:g}")
     return problems
 

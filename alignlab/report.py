@@ -18,15 +18,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-# Curves drawn per stage from metrics.jsonl (those present are plotted).
-CURVES = {
-    "sft": ["loss", "eval_loss"],
-    "reward": ["loss", "eval_loss", "eval_accuracy"],
-    "dpo": ["loss", "eval_loss", "rewards/accuracies", "rewards/margins"],
-    "ppo": ["reward/mean", "reward/with_kl_mean", "kl", "loss/policy", "loss/value"],
-}
-HEADLINE = ("eval_accuracy", "eval_margin_mean", "eval_rewards/accuracies", "eval_rewards/margins",
-            "eval_loss", "train_loss", "final/reward_mean", "final/kl")
+from alignlab.stages import REGISTRY, headline  # noqa: E402
+
 Block = Tuple[str, Any]  # ("p", text) | ("table", (header, rows)) | ("img", path) | ("pre", text)
 
 
@@ -44,7 +37,8 @@ def _records(artifact: str) -> List[dict]:
 
 
 def _plot_curves(name: str, stage: str, records: List[dict], out: Path) -> Path | None:
-    keys = [k for k in CURVES.get(stage, []) if any(k in r for r in records)]
+    curves = REGISTRY[stage].curves if stage in REGISTRY else ()
+    keys = [k for k in curves if any(k in r for r in records)]
     if not keys:
         return None
     fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.6), squeeze=False)
@@ -63,11 +57,12 @@ def _plot_curves(name: str, stage: str, records: List[dict], out: Path) -> Path 
 
 
 def _nodes_section(summary: dict, plots: Path) -> List[Block]:
-    header = ["node", "stage", "status", "seconds", *HEADLINE]
+    metric_names = headline(node["stage"] for node in summary.get("nodes", {}).values())
+    header = ["node", "stage", "status", "seconds", *metric_names]
     rows, blocks = [], []
     for name, node in summary.get("nodes", {}).items():
         metrics = node.get("metrics") or {}
-        rows.append([name, node["stage"], node.get("status"), node.get("seconds"), *[metrics.get(k) for k in HEADLINE]])
+        rows.append([name, node["stage"], node.get("status"), node.get("seconds"), *[metrics.get(k) for k in metric_names]])
     keep = [i for i in range(len(header)) if i < 4 or any(r[i] is not None for r in rows)]
     blocks.append(("table", ([header[i] for i in keep], [[r[i] for i in keep] for r in rows])))
     for name, node in summary.get("nodes", {}).items():

@@ -98,17 +98,17 @@ TINY_SFT = (
 def stage_context(tmp_path):
     """Build the StageContext the pipeline would hand a node (no W&B)."""
     from alignlab.data import load_data
-    from alignlab.stages import DATA_KINDS, DEFAULT_DATA
+    from alignlab.stages import node_hparams, spec
     from alignlab.stages.context import StageContext
     from alignlab.tracking import NodeTracker
 
     def _make(cfg, node: str = "sft", upstream=None):
         kind = cfg.pipeline.nodes[node].stage
-        data = load_data(cfg.data[DEFAULT_DATA[kind]], DATA_KINDS[kind], data_home=cfg.paths.data_home)
+        data = load_data(cfg.data[spec(kind).default_data], spec(kind).data_kind, data_home=cfg.paths.data_home)
         work = tmp_path / f"work-{node}"
         work.mkdir(parents=True, exist_ok=True)
         tracker = NodeTracker(cfg.logger, cfg.name, node, kind, {}, tmp_path, work / "metrics.jsonl")
-        return StageContext(node, kind, cfg.stage[kind], cfg, data, upstream or {}, work, tracker)
+        return StageContext(node, kind, node_hparams(cfg, node), cfg, data, upstream or {}, work, tracker)
 
     return _make
 

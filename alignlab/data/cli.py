@@ -10,7 +10,8 @@ from .mirror import MIRROR
 from .store import DATA_HOME_ENV, DataHome, data_home, manifest, sha256_of
 
 
-def _size(n: int) -> str:
+def human_size(n: float) -> str:
+    """Bytes as B/KB/MB/GB (powers of 1000)."""
     for unit in ("B", "KB", "MB"):
         if n < 1000:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -57,7 +58,7 @@ def cmd_list(home: DataHome) -> int:
         here = "present" if present == len(paths) else "missing" if not present else f"{present}/{len(paths)}"
         named = MIRROR.get(name)
         rows.append((name, named.format if named else "-", named.note if named else f"{len(paths)} file(s)",
-                     _size(sum(i.bytes for i in items)), ", ".join(sorted({i.license for i in items})), here))
+                     human_size(sum(i.bytes for i in items)), ", ".join(sorted({i.license for i in items})), here))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())

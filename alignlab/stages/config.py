@@ -140,11 +140,34 @@ class PPOStageConfig:
     seed: int = 42
 
 
-@dataclass
-class StageGroupConfig:
-    """One hyperparameter block per stage kind; pipeline nodes pick theirs by `stage`."""
+def dpo_problems(cfg, name: str, h, checked) -> List[str]:
+    """Preflight of a DPO node: one weight per combined loss type."""
+    if h.loss_weights is not None and len(h.loss_weights) != len(h.loss_type):
+        own = {"loss_weights", "loss_type"} & set(cfg.pipeline.nodes[name].hparams)
+        where = f"pipeline.nodes.{name}.hparams" if own else "stage.dpo"
+        return [f"{where}.loss_weights: {len(h.loss_weights)} weight(s) for {len(h.loss_type)} loss type(s) "
+                f"in {where}.loss_type"]
+    return []
 
-    sft: SFTStageConfig = field(default_factory=SFTStageConfig)
-    reward: RewardStageConfig = field(default_factory=RewardStageConfig)
-    dpo: DPOStageConfig = field(default_factory=DPOStageConfig)
-    ppo: PPOStageConfig = field(default_factory=PPOStageConfig)
+
+def ppo_problems(cfg, name: str, h, checked) -> List[str]:
+    """Preflight of a PPO node: exactly one reward source, a resolvable reward function, enough prompts."""
+    from alignlab.errors import AlignlabError
+    from alignlab.rl import rewards
+    from omegaconf import OmegaConf
+
+    problems = []
+    if (cfg.pipeline.nodes[name].get("reward") is None) == (not h.reward_fn):
+        problems.append(f"pipeline.nodes.{name}: a ppo node needs exactly one reward source: a `reward:` "
+                        "upstream node or stage.ppo.reward_fn")
+    elif h.reward_fn:
+        try:
+            rewards.resolve(OmegaConf.to_container(h.reward_fn, resolve=True))
+        except AlignlabError as err:
+            problems.append(str(err))
+    data = checked.data.get(name)
+    if data is not None and len(data.train) < h.rollout_batch_size:
+        problems.append(f"pipeline.nodes.{name}: {len(data.train)} training prompt(s) in "
+                        f"data.{checked.data_names[name]}, fewer than stage.ppo.rollout_batch_size="
+                        f"{h.rollout_batch_size}")
+    return problems

@@ -20,7 +20,7 @@ from alignlab.eval.judge.templates import load_template
 from alignlab.eval.judge.verdicts import combine, parse_verdict, tally
 from alignlab.models.generation import chat_generate
 from alignlab.models.precision import mixed_precision
-from alignlab.stages import BASE
+from alignlab.stages import BASE, rivals
 
 log = logging.getLogger("alignlab.judge")
 
@@ -39,11 +39,14 @@ def make_backend(judge_cfg, model_cache: str):
 
 
 def default_comparisons(parents: Dict[str, Optional[str]], stages: Dict[str, str]) -> List[Tuple[str, str]]:
-    """Each generative node vs its parent (the base for a root node), plus every dpo node vs every ppo node."""
+    """Each generative node vs its parent (the base for a root node); variants of one stage kind from
+    the same parent against each other (e.g. DPO nodes with different betas); and every pair of
+    nodes of two rival methods (the registry's `rival` kinds, e.g. every DPO node vs every PPO node)."""
+    names = list(parents)
     pairs = [(node, parent or BASE) for node, parent in parents.items()]
-    dpo = [n for n in parents if stages[n] == "dpo"]
-    ppo = [n for n in parents if stages[n] == "ppo"]
-    return pairs + [(d, p) for d in dpo for p in ppo]
+    pairs += [(a, b) for i, a in enumerate(names) for b in names[i + 1:]
+              if stages[a] == stages[b] and parents[a] == parents[b]]
+    return pairs + rivals({n: stages[n] for n in parents})
 
 
 class JudgeChecks:

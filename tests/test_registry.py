@@ -1,0 +1,112 @@
+"""The stage registry and per-node settings: variants of one stage in one DAG, a method added by one
+module, library versions in the cache key, and `alignlab cache list|gc`."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from omegaconf import open_dict
+
+from alignlab.config import NodeConfig
+from alignlab.grid import summary_row
+from alignlab.pipeline import run as run_pipeline
+from alignlab.report import write_report
+from alignlab.stages import REGISTRY, StageSpec, register
+from conftest import TINY_PREFERENCE, TINY_SFT, alignlab_env
+
+ALIGNLAB = str(Path(sys.executable).parent / "alignlab")
+BETAS = (*TINY_SFT, *TINY_PREFERENCE, "pipeline=dpo_betas", "stage.dpo.max_steps=2")
+
+
+def test_dpo_variants_train_with_their_own_beta_on_one_sft_node(compose, tmp_path):
+    cache = tmp_path / "cache"
+    first = run_pipeline(compose(*BETAS, run_dir=tmp_path / "r1", cache_dir=cache))["nodes"]
+    variants = {"dpo_b005": 0.05, "dpo_b01": 0.1, "dpo_b05": 0.5}
+    assert len({first[n]["key"] for n in variants}) == 3
+    for name, beta in variants.items():
+        assert first[name]["status"] == "trained" and first[name]["upstream"] == {"policy": "sft"}
+        config = json.loads((Path(first[name]["artifact"]) / "config.json").read_text())
+        assert config["hparams"]["beta"] == beta and config["libraries"]["trl"]
+    assert first["sft"]["status"] == "trained"
+    again = run_pipeline(compose(*BETAS, run_dir=tmp_path / "r2", cache_dir=cache))["nodes"]
+    assert {node["status"] for node in again.values()} == {"cached"}
+
+
+def test_node_settings_are_checked_against_the_stage_schema(compose):
+    from alignlab.errors import ConfigError
+    from alignlab.preflight import preflight
+
+    with pytest.raises(ConfigError, match=r"pipeline.nodes.dpo_b05.hparams.betta: Key 'betta' not in 'DPOStageConfig'"):
+        preflight(compose(*BETAS, "+pipeline.nodes.dpo_b05.hparams.betta=0.5"))
+    with pytest.raises(ConfigError, match=r"pipeline.nodes.dpo_b05.hparams.beta: -0.5 is out of range; it must be > 0"):
+        preflight(compose(*BETAS, "pipeline.nodes.dpo_b05.hparams.beta=-0.5"))
+
+
+def test_library_versions_are_part_of_the_key(compose, monkeypatch):
+    from alignlab import pipeline
+    from alignlab.preflight import preflight
+
+    cfg = compose(*TINY_SFT)
+    checked = preflight(cfg)
+    key = pipeline.node_key(cfg, "sft", checked.hparams["sft"], "data", {})
+    installed = pipeline.library_versions()
+    monkeypatch.setattr(pipeline, "library_versions", lambda: {**installed, "trl": "999.0"})
+    assert pipeline.node_key(cfg, "sft", checked.hparams["sft"], "data", {}) != key
+
+
+# --- a method registered by this module alone -----------------------------------------------------
+
+@dataclass
+class CopyConfig:
+    """Settings of the test-only `copy` stage."""
+
+    note: str = "a copy"
+
+
+def run(ctx):
+    """The recipe (this module is the `copy` stage's recipe module): the `init` adapter, copied."""
+    shutil.copytree(ctx.upstream["init"].adapter_dir, ctx.output_model_dir)
+    return {"copied_files": len(list(ctx.output_model_dir.iterdir()))}
+
+
+@pytest.fixture
+def copy_stage():
+    register(StageSpec(kind="copy", recipe=__name__, config=CopyConfig, data_kind="sft", default_data="sft",
+                       upstream={"init": ("sft",)}, generative=False, headline=("copied_files",)))
+    yield
+    del REGISTRY["copy"]
+
+
+def test_a_stage_registered_in_a_test_module_runs_reports_and_summarises(copy_stage, compose, tmp_path):
+    cfg = compose(*TINY_SFT)
+    with open_dict(cfg):
+        cfg.pipeline.nodes["copy"] = NodeConfig(stage="copy", init="sft")
+    summary = run_pipeline(cfg)
+    node = summary["nodes"]["copy"]
+    assert node["status"] == "trained" and node["metrics"]["copied_files"] >= 2
+    assert (Path(node["artifact"]) / "adapter" / "adapter_model.safetensors").is_file()
+    paths = write_report(summary, tmp_path / "report")
+    assert "| copy | copy | trained |" in paths["report.md"].read_text()
+    assert summary_row(summary)["copy/copied_files"] == node["metrics"]["copied_files"]
+
+
+def test_cache_list_and_gc(compose, data_home, model_cache, tmp_path):
+    cache = tmp_path / "cache"
+    run_pipeline(compose(*TINY_SFT, cache_dir=cache))
+    unfinished = cache / "sft-0123456789abcdef.partial"
+    unfinished.mkdir()
+    env = alignlab_env(data_home, model_cache)
+    listed = subprocess.run([ALIGNLAB, "cache", "--dir", str(cache), "list"], env=env, capture_output=True, text=True)
+    assert listed.returncode == 0 and "node sft" in listed.stdout and "2 entries" in listed.stdout
+    gc = subprocess.run([ALIGNLAB, "cache", "--dir", str(cache), "gc", "--stale"], env=env, capture_output=True, text=True)
+    assert gc.returncode == 0 and "removing sft-0123456789abcdef.partial: unfinished" in gc.stdout
+    assert not unfinished.exists() and len(list(cache.glob("sft-*/COMPLETE"))) == 1  # current versions: kept
+    config = next(cache.glob("sft-*/config.json"))
+    config.write_text(json.dumps({**json.loads(config.read_text()), "libraries": {"trl": "0.1"}}))
+    subprocess.run([ALIGNLAB, "cache", "--dir", str(cache), "gc", "--stale"], env=env, check=True, capture_output=True)
+    assert not list(cache.glob("sft-*"))
