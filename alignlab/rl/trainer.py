@@ -144,7 +144,8 @@ class PPOTrainer:
         raw_scores = scores.clone()
         if h.missing_eos_penalty is not None:
             scores = scores - h.missing_eos_penalty * (~has_eos).float()
-        scores = F.clip_and_whiten_scores(scores, h.whiten_rewards, h.reward_clip)
+        if h.reward_clip is not None:
+            scores = scores.clamp(-h.reward_clip, h.reward_clip)
 
         with autocast(self.precision):
             logits = m.response_logits(out, attention, context, h.temperature)
@@ -154,15 +155,12 @@ class PPOTrainer:
             with m.reference():
                 ref_logprobs = gather_logprobs(m.response_logits(out, attention, context, h.temperature), response)
             values = m.values(out, attention, context).float()
-        kl = F.kl_penalty(logprobs, ref_logprobs, h.kl_estimator) * mask
-        rewards = F.token_rewards(scores, kl, self.kl.coef, mask)
-        advantages, returns = F.gae(rewards, values * mask, mask, h.gamma, h.lam)
-        if h.whiten_advantages:
-            advantages = F.masked_whiten(advantages, mask)
-        kl_sum = kl.sum(-1)
+        rewards, advantages, returns = F.rollout_targets(scores, logprobs, ref_logprobs, values, mask, self.kl.coef,
+                                                         h.gamma, h.lam, h.whiten_rewards, h.whiten_advantages)
+        kl_sum = F.sequence_kl(logprobs, ref_logprobs, mask, h.kl_estimator)
         stats = {
             "reward/mean": raw_scores.mean().item(), "reward/std": raw_scores.std().item() if len(raw_scores) > 1 else 0.0,
-            "reward/with_kl_mean": (scores - self.kl.coef * kl_sum).mean().item(),
+            "reward/with_kl_mean": rewards.sum(-1).mean().item(),
             "kl": kl_sum.mean().item(), "kl_coef": self.kl.coef, "entropy": entropy.item(),
             "response_length": mask.sum(-1).mean().item(), "eos_fraction": has_eos.float().mean().item(),
             "explained_variance": F.explained_variance(values, returns, mask),

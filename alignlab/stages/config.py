@@ -106,14 +106,14 @@ class PPOStageConfig:
     top_k: int = within(0, ge=0)  # 0: off
     top_p: float = within(1.0, gt=0, le=1)
     missing_eos_penalty: Optional[float] = 1.0  # subtracted from the score of responses without EOS
-    kl_estimator: str = one_of("k1", "k1", "k3")  # k1 (log-ratio) | k3 (non-negative, unbiased)
+    kl_estimator: str = one_of("k1", "k1", "k3")  # the logged `kl` the adaptive controller follows; the penalty is k1
     kl_coef: float = within(0.05, ge=0)  # initial coefficient of the per-token KL penalty
     kl_target: Optional[float] = within(None, gt=0)  # set: adaptive KL controller (Ziegler et al.) toward this KL
     kl_horizon: int = within(10000, ge=1)
     gamma: float = within(1.0, ge=0, le=1)
     lam: float = within(0.95, ge=0, le=1)
     whiten_advantages: bool = True
-    whiten_rewards: bool = False  # whiten the scores over each rollout batch
+    whiten_rewards: bool = False  # whiten the per-token rewards over each rollout batch, mean kept (as trl)
     reward_clip: Optional[float] = within(None, gt=0)  # clamp scores to +-reward_clip
     clip_range: float = within(0.2, gt=0)
     clip_range_value: float = within(0.2, gt=0)
