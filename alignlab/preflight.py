@@ -190,7 +190,9 @@ def _data_problems(cfg: DictConfig, checked: Checked, data_home: Optional[str]) 
 
 
 def _ppo_problems(cfg: DictConfig, checked: Checked) -> List[str]:
+    from alignlab.models.precision import mixed_precision
     from alignlab.rl import rewards
+    from alignlab.rl.trainer import config_problems
 
     problems, h = [], cfg.stage.ppo
     for name in checked.order:
@@ -205,12 +207,14 @@ def _ppo_problems(cfg: DictConfig, checked: Checked) -> List[str]:
             problems.append(f"pipeline.nodes.{name}: {len(data.train)} training prompt(s) in "
                             f"data.{checked.data_names[name]}, fewer than stage.ppo.rollout_batch_size="
                             f"{h.rollout_batch_size}")
-    if h.reward_fn and any(cfg.pipeline.nodes[n].stage == "ppo" for n in checked.order):
+    if not any(cfg.pipeline.nodes[n].stage == "ppo" for n in checked.order):
+        return problems
+    if h.reward_fn:
         try:
             rewards.resolve(OmegaConf.to_container(h.reward_fn, resolve=True))
         except AlignlabError as err:
             problems.append(str(err))
-    return problems
+    return problems + config_problems(h, mixed_precision(h.mixed_precision))
 
 
 def task_problems(eval_cfg: DictConfig) -> List[str]:

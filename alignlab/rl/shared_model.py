@@ -35,10 +35,13 @@ def _head(hidden: int, weight: Optional[torch.Tensor], trainable: bool) -> torch
     return head
 
 
-def chat_texts(tokenizer, prompts: Sequence[List[dict]], responses: Sequence[str]) -> List[str]:
-    """prompt + assistant response through the chat template: the text a reward model scores."""
-    return [tokenizer.apply_chat_template(list(p) + [{"role": "assistant", "content": r}], tokenize=False)
-            for p, r in zip(prompts, responses)]
+def chat_texts(tokenizer, prompts: Sequence[List[dict]], responses: Sequence[str],
+               finished: Sequence[bool]) -> List[str]:
+    """prompt + assistant response through the chat template: the text a reward model scores. A
+    response cut off without EOS is left open (no end-of-turn), so it is not scored as a finished one."""
+    return [tokenizer.apply_chat_template(list(p) + [{"role": "assistant", "content": r}], tokenize=False) if done
+            else tokenizer.apply_chat_template(list(p), tokenize=False, add_generation_prompt=True) + r
+            for p, r, done in zip(prompts, responses, finished)]
 
 
 class SharedBaseModel:
@@ -89,10 +92,17 @@ class SharedBaseModel:
                     self.adapter_params.setdefault(adapter, []).append(param)
         # No dropout anywhere: rollout and update log-probs must match. Eval mode, except around
         # gradient passes when checkpointing (transformers checkpoints only modules in training
-        # mode), so dropout is also switched off module by module.
+        # mode), so dropout is also switched off module by module: nn.Dropout modules, and the
+        # attention dropout rates attention modules copy from the config (active in train mode).
+        config = self.model.get_base_model().config
+        for key, value in vars(config).items():
+            if key.endswith("dropout") and isinstance(value, float):
+                setattr(config, key, 0.0)
         for module in self.model.modules():
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0
+            if isinstance(getattr(module, "attention_dropout", None), float):
+                module.attention_dropout = 0.0
         self.checkpointing = gradient_checkpointing
         if gradient_checkpointing:
             self.model.get_base_model().activation_checkpointing_enable({"use_reentrant": False})
@@ -165,13 +175,13 @@ class SharedBaseModel:
             return self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
 
     @torch.no_grad()
-    def scores(self, prompts: Sequence[List[dict]], responses: Sequence[str], max_length: int,
-               batch_size: int) -> torch.Tensor:
-        """The reward node's scalar score of each (prompt, response), read like transformers'
-        sequence classifiers: at the last token that is not padding."""
+    def scores(self, prompts: Sequence[List[dict]], responses: Sequence[str], finished: Sequence[bool],
+               max_length: int, batch_size: int) -> torch.Tensor:
+        """The reward node's scalar score of each (prompt, response; `finished`: it ended with EOS),
+        read like transformers' sequence classifiers: at the last token that is not padding."""
         if self.reward_head is None:
             raise ModelLoadError("this PPO model has no reward adapter")
-        texts = chat_texts(self.tokenizer, prompts, responses)
+        texts = chat_texts(self.tokenizer, prompts, responses, finished)
         side, self.tokenizer.truncation_side = self.tokenizer.truncation_side, "left"
         out = []
         try:

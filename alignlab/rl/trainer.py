@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 from tqdm.auto import tqdm
 
-from alignlab.errors import AlignlabError, TrainingDivergedError
+from alignlab.errors import AlignlabError, ConfigError, TrainingDivergedError
 from alignlab.rl import ppo_math as F
 from alignlab.models.precision import autocast
 from alignlab.rl.shared_model import VALUE, SharedBaseModel
@@ -62,6 +62,21 @@ def _finite_logits(node: str, iteration: int):
     return LogitsProcessorList([FiniteLogits()])
 
 
+def config_problems(h, precision: str) -> List[str]:
+    """Settings under which PPO's log-probs or gradients would not be what its updates assume
+    (`precision`: the resolved mixed_precision)."""
+    problems = []
+    for key, off in (("top_k", 0), ("top_p", 1.0)):
+        if h[key] != off:
+            problems.append(f"stage.ppo.{key}={h[key]}: PPO samples from the full softmax at `temperature`, the "
+                            f"distribution its log-probs and KL are computed under; set stage.ppo.{key}={off:g}")
+    if precision == "fp16":
+        setting = "fp16" if h.mixed_precision == "fp16" else f"{h.mixed_precision} (fp16 on this machine)"
+        problems.append(f"stage.ppo.mixed_precision={setting}: PPO does not train in fp16 (it has no loss "
+                        "scaling); set stage.ppo.mixed_precision=no, or bf16 where the hardware has it")
+    return problems
+
+
 def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
@@ -74,6 +89,9 @@ class PPOTrainer:
                  node: str = "ppo"):
         from accelerate import Accelerator
 
+        problems = config_problems(h, precision)
+        if problems:
+            raise ConfigError(problems[0])
         self.m, self.h, self.precision, self.node = shared, h, precision, node
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
         self.reward_fn, self.log_fn = reward_fn, log_fn
@@ -114,18 +132,36 @@ class PPOTrainer:
         return [self.prompts[i] for i in order[offset:offset + n]]
 
     @torch.no_grad()
-    def rollout(self, iteration: int) -> Rollout:
-        h, m, tok = self.h, self.m, self.m.tokenizer
-        prompts = self._prompt_batch(iteration)
+    def sample(self, prompts: List[List[dict]], iteration: int, **outputs):
+        """(encoded prompts, generate() output) of an iteration's prompts, sampled from exactly
+        softmax(logits / temperature), the distribution the log-probs assume: an explicit
+        GenerationConfig without truncation or penalties, and the checkpoint's generation_config
+        (whose repetition_penalty, no_repeat_ngram_size, suppress_tokens, ... transformers would
+        merge in) set aside for the call. `outputs`: e.g. output_scores=True."""
+        from transformers import GenerationConfig
+
+        h, tok, lm = self.h, self.m.tokenizer, self.m.model.get_base_model()
         torch.manual_seed(h.seed * 100003 + iteration * self.accelerator.num_processes + self.accelerator.process_index)
         side, tok.padding_side = tok.padding_side, "left"
         texts = [tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
-        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(m.device)
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.m.device)
         tok.padding_side = side
-        with autocast(self.precision):
-            out = m.model.generate(**enc, do_sample=True, temperature=h.temperature, top_k=h.top_k or None,
-                                   top_p=h.top_p, max_new_tokens=h.max_new_tokens, eos_token_id=tok.eos_token_id,
-                                   pad_token_id=tok.pad_token_id, logits_processor=_finite_logits(self.node, iteration))
+        config = GenerationConfig(do_sample=True, temperature=h.temperature, top_k=0, top_p=1.0, repetition_penalty=1.0,
+                                  max_new_tokens=h.max_new_tokens, eos_token_id=tok.eos_token_id,
+                                  pad_token_id=tok.pad_token_id, **outputs)
+        checkpoint_config, lm.generation_config = lm.generation_config, GenerationConfig()
+        try:
+            with autocast(self.precision):
+                return enc, self.m.model.generate(**enc, generation_config=config,
+                                                  logits_processor=_finite_logits(self.node, iteration))
+        finally:
+            lm.generation_config = checkpoint_config
+
+    @torch.no_grad()
+    def rollout(self, iteration: int) -> Rollout:
+        h, m, tok = self.h, self.m, self.m.tokenizer
+        prompts = self._prompt_batch(iteration)
+        enc, out = self.sample(prompts, iteration)
         context = enc["input_ids"].shape[1]
         response = out[:, context:]
         is_eos = response == tok.eos_token_id
@@ -140,7 +176,7 @@ class PPOTrainer:
             scores = torch.tensor([float(s) for s in self.reward_fn(prompts, texts_out)], device=m.device)
         else:
             with autocast(self.precision):
-                scores = m.scores(prompts, texts_out, h.reward_max_length, h.rollout_batch_size)
+                scores = m.scores(prompts, texts_out, has_eos.tolist(), h.reward_max_length, h.rollout_batch_size)
         raw_scores = scores.clone()
         if h.missing_eos_penalty is not None:
             scores = scores - h.missing_eos_penalty * (~has_eos).float()
@@ -165,8 +201,8 @@ class PPOTrainer:
             "response_length": mask.sum(-1).mean().item(), "eos_fraction": has_eos.float().mean().item(),
             "explained_variance": F.explained_variance(values, returns, mask),
         }
-        samples = [{"iteration": iteration, "prompt": p[-1]["content"], "response": r, "score": s}
-                   for p, r, s in zip(prompts, texts_out, raw_scores.tolist())]
+        samples = [{"iteration": iteration, "prompt": p[-1]["content"], "response": r, "eos": e, "score": s}
+                   for p, r, e, s in zip(prompts, texts_out, has_eos.tolist(), raw_scores.tolist())]
         return Rollout(out, attention, context, mask, logprobs, values, advantages, returns, stats, samples)
 
     # -- update ------------------------------------------------------------------------------

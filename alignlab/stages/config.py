@@ -103,8 +103,8 @@ class PPOStageConfig:
     max_prompt_length: int = within(256, ge=1)  # longer prompts are left out (counted in the log)
     max_new_tokens: int = within(64, ge=1)
     temperature: float = within(0.7, gt=0)
-    top_k: int = within(0, ge=0)  # 0: off
-    top_p: float = within(1.0, gt=0, le=1)
+    top_k: int = within(0, ge=0)  # 0 (off) only: PPO samples from the full softmax its log-probs assume
+    top_p: float = within(1.0, gt=0, le=1)  # 1.0 (off) only, as top_k
     missing_eos_penalty: Optional[float] = 1.0  # subtracted from the score of responses without EOS
     kl_estimator: str = one_of("k1", "k1", "k3")  # the logged `kl` the adaptive controller follows; the penalty is k1
     kl_coef: float = within(0.05, ge=0)  # initial coefficient of the per-token KL penalty
