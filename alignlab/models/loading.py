@@ -1,6 +1,7 @@
 """The one model loader every stage uses: base weights, quantization, LoRA adapters and heads."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Optional
@@ -179,13 +180,34 @@ def _prepare_quantized(model, gradient_checkpointing: bool = False):
     return model
 
 
+# LoRA settings two adapters must share for one's weights to mean the same in the other
+# (adapter_config.json key -> the peft group setting).
+LORA_LAYOUT = {"lora_alpha": "alpha", "use_rslora": "use_rslora", "bias": "bias", "target_modules": "target_modules"}
+
+
+def _lora_layout(config: dict) -> dict:
+    layout = {key: config.get(key) for key in LORA_LAYOUT}
+    targets = layout["target_modules"]
+    layout["target_modules"] = targets if targets is None or isinstance(targets, str) else sorted(targets)
+    return layout
+
+
 def copy_lora_weights(model, adapter_dir: Path, adapter_name: str = "default") -> None:
+    """Copy a saved adapter's LoRA weights into `adapter_name` of `model`: same weight names and
+    shapes, and the same scaling, bias and target modules (else the copy would compute another function)."""
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    weights_file = adapter_dir / "adapter_model.safetensors"
-    if not weights_file.is_file():
-        raise ModelLoadError(f"no adapter weights at '{weights_file}'")
+    weights_file, config_file = adapter_dir / "adapter_model.safetensors", adapter_dir / "adapter_config.json"
+    if not weights_file.is_file() or not config_file.is_file():
+        raise ModelLoadError(f"no adapter weights and config at '{adapter_dir}'")
+    theirs = _lora_layout(json.loads(config_file.read_text()))
+    ours = _lora_layout(vars(model.peft_config[adapter_name]))
+    differ = [f"{key} {theirs[key]} vs peft.{LORA_LAYOUT[key]} {ours[key]}" for key in LORA_LAYOUT
+              if theirs[key] != ours[key]]
+    if differ:
+        raise ModelLoadError(f"adapter '{adapter_dir}' was trained with other LoRA settings than this model's "
+                             f"(same peft group needed): {'; '.join(differ)}")
     state = get_peft_model_state_dict(model, adapter_name=adapter_name)  # heads (modules_to_save) kept as they are
     lora = {k: v for k, v in load_file(str(weights_file)).items() if ".lora_" in k}
     ours = {k for k in state if ".lora_" in k}
