@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from alignlab.errors import ConfigError
+from alignlab.errors import ConfigError, TrainingCollapsedError
 from conftest import TINY_PREFERENCE, TINY_SFT
 
 TINY_PPO = (
@@ -31,7 +31,7 @@ def test_ppo_trains_policy_and_value_and_keeps_the_reference(compose, tmp_path):
     from alignlab.rl.shared_model import SharedBaseModel
     from alignlab.rl.trainer import PPOTrainer, gather_logprobs
 
-    cfg = compose(*TINY_PPO, "pipeline=sft_rm_ppo", f"paths.run_dir={tmp_path / 'run'}")
+    cfg = compose(*TINY_PPO, "pipeline=sft_rm_ppo", "stage.ppo.collapse_patience=1", f"paths.run_dir={tmp_path / 'run'}")
     summary = run(cfg)
     nodes = summary["nodes"]
     sft, rm, ppo = (Path(nodes[n]["artifact"]) for n in ("sft", "rm", "ppo"))
@@ -88,7 +88,7 @@ def test_ppo_with_programmatic_reward_resumes_from_checkpoint(compose, tmp_path)
     from alignlab.rl.shared_model import SharedBaseModel
     from alignlab.rl.trainer import PPOTrainer
 
-    cfg = compose(*TINY_PPO, "pipeline=sft_ppo")
+    cfg = compose(*TINY_PPO, "pipeline=sft_ppo", "stage.ppo.collapse_patience=1")  # a normal run never trips it
     shared = SharedBaseModel(cfg, None, None, reference="base", value_init="fresh")
     prompts = [[{"role": "user", "content": f"Tell me about {w}."}] for w in ("cats", "rain", "tea", "maps", "jazz")]
     fn = rewards.resolve({"_target_": "alignlab.rl.rewards.target_length", "words": 3})
@@ -162,6 +162,22 @@ def test_attention_dropout_is_off_in_training_passes(compose, model_cache, tmp_p
     shared.model.train()
     runs = [gather_logprobs(shared.response_logits(ids, torch.ones_like(ids), 4, 0.7), ids[:, 4:]) for _ in range(2)]
     assert torch.equal(*runs)
+
+
+def test_ppo_without_learning_signal_stops_as_collapsed(compose, tmp_path):
+    """A zero reward with no KL penalty and a fresh (zero) value head gives exactly zero
+    gradients: after `collapse_patience` iterations the node stops with the collapse error."""
+    from alignlab.rl.shared_model import SharedBaseModel
+    from alignlab.rl.trainer import PPOTrainer
+
+    cfg = compose(*TINY_PPO, "pipeline=sft_ppo", "stage.ppo.iterations=4", "stage.ppo.collapse_patience=2",
+                  "stage.ppo.kl_coef=0", "stage.ppo.missing_eos_penalty=null")
+    shared = SharedBaseModel(cfg, None, None, reference="base", value_init="fresh")
+    trainer = PPOTrainer(shared, cfg.stage.ppo, PROMPTS, "no", reward_fn=lambda prompts, responses: [0.0] * len(responses))
+    with pytest.raises(TrainingCollapsedError, match=r"node ppo: training collapsed at step 2: the gradient norm has "
+                                                     r"been exactly 0 at learning rate 0\.01 for 2 logging steps"):
+        trainer.train(tmp_path / "ckpt", tmp_path / "samples.jsonl")
+    assert [stats["grad_norm"] for stats in trainer.history] == [0.0, 0.0]
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(compose):

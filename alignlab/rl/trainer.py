@@ -26,6 +26,8 @@ from alignlab.errors import AlignlabError, ConfigError, TrainingDivergedError
 from alignlab.rl import ppo_math as F
 from alignlab.models.precision import autocast
 from alignlab.rl.shared_model import VALUE, SharedBaseModel
+from alignlab.stages.context import CollapseWatch
+from alignlab.tracking import cut_jsonl
 
 log = logging.getLogger("alignlab.ppo")
 
@@ -86,7 +88,7 @@ class PPOTrainer:
 
     def __init__(self, shared: SharedBaseModel, h, prompts: List[List[dict]], precision: str,
                  reward_fn: Optional[Callable] = None, log_fn: Callable[[Dict[str, float], int], None] = lambda m, s: None,
-                 node: str = "ppo"):
+                 node: str = "ppo", rewind_fn: Callable[[int], None] = lambda step: None):
         from accelerate import Accelerator
 
         problems = config_problems(h, precision)
@@ -94,7 +96,7 @@ class PPOTrainer:
             raise ConfigError(problems[0])
         self.m, self.h, self.precision, self.node = shared, h, precision, node
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
-        self.reward_fn, self.log_fn = reward_fn, log_fn
+        self.reward_fn, self.log_fn, self.rewind_fn = reward_fn, log_fn, rewind_fn
         tok = shared.tokenizer
         texts = [tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
         lengths = [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
@@ -270,6 +272,10 @@ class PPOTrainer:
         h = self.h
         self._resume(checkpoint_dir)
         main = self.accelerator.is_main_process
+        if main:  # an earlier attempt logged past its checkpoint (or had none): those rows come again
+            self.rewind_fn(self.iteration)
+            cut_jsonl(samples_path, lambda row: row["iteration"] < self.iteration)
+        collapse = CollapseWatch(self.node, "ppo", h.collapse_patience, tolerance=0.0)
         bar = tqdm(range(self.iteration, h.iterations), desc="ppo", unit="iter", disable=not main)
         for iteration in bar:
             self.iteration = iteration
@@ -285,8 +291,11 @@ class PPOTrainer:
             stats["episodes"] = (iteration + 1) * h.rollout_batch_size * self.accelerator.num_processes
             self.history.append(stats)
             bar.set_postfix(reward=f"{stats['reward/mean']:.3f}", kl=f"{stats['kl']:.3f}")
+            logged = (iteration + 1) % h.logging_steps == 0 or iteration + 1 == h.iterations
+            if logged:  # stats are the same on every process: all stop together
+                collapse.update(iteration + 1, grad_norm=stats["grad_norm"], learning_rate=h.learning_rate)
             if main:
-                if (iteration + 1) % h.logging_steps == 0 or iteration + 1 == h.iterations:
+                if logged:
                     self.log_fn(stats, iteration + 1)
                 with open(samples_path, "a", encoding="utf-8") as f:
                     for sample in rollout.samples[: h.sample_responses]:

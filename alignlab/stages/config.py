@@ -129,6 +129,7 @@ class PPOStageConfig:
     logging_steps: int = within(1, ge=1)
     save_steps: int = within(10, ge=1)  # checkpoint interval in iterations
     sample_responses: int = within(4, ge=0)  # responses per iteration kept in samples.jsonl
+    collapse_patience: int = within(3, ge=0)  # logging steps of zero gradient norm before the node stops; 0: off
     seed: int = 42
 
 

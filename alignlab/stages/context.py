@@ -5,7 +5,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -208,9 +208,11 @@ class StageContext:
             return load_adapter(model, upstream.adapter_dir, trainable=True)
         return add_adapter(model, cfg.peft, cfg.quant, gradient_checkpointing=self.hparams.gradient_checkpointing)
 
-    def trainer(self, trainer_cls, model, args, held_out: bool = True, token_loss: bool = False, **kwargs):
+    def trainer(self, trainer_cls, model, args, held_out: bool = True, token_loss: bool = False,
+                prepare: Optional[Callable[[Any, list], list]] = None, **kwargs):
         """A trl trainer over this node's rows, tokenizer, tracking callback and guards
-        (`token_loss`: the loss is next-token cross-entropy, so a collapse to uniform is detectable)."""
+        (`token_loss`: the loss is next-token cross-entropy, so a collapse to uniform is detectable;
+        `prepare(tokenizer, rows)`: the rows as the trainer gets them, after `fit_to_length`)."""
         from datasets import Dataset
 
         from alignlab.models import load_tokenizer
@@ -219,6 +221,8 @@ class StageContext:
         tokenizer = load_tokenizer(self.cfg.model, self.model_cache)
         train = self.fit_to_length(tokenizer, self.data.train, "train")
         held = self.fit_to_length(tokenizer, self.data.eval, "eval") if evaluate else []
+        if prepare is not None:
+            train, held = prepare(tokenizer, train), prepare(tokenizer, held)
         return trainer_cls(
             model=model,
             args=args,
@@ -271,6 +275,8 @@ class StageContext:
         `drop_adapters` names helper adapters (e.g. a frozen reference copy) left out of the artifact.
         """
         checkpoint = self.last_checkpoint()
+        if trainer.is_world_process_zero():
+            self.tracker.rewind(self.checkpoint_step(checkpoint))
         recorded = self.work_dir / "train_result.json"
         previous = json.loads(recorded.read_text()) if recorded.is_file() else None
         result = trainer.train(resume_from_checkpoint=checkpoint)
