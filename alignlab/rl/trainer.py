@@ -219,6 +219,24 @@ class PPOTrainer:
             p.grad = flat[offset:offset + g.numel()].view_as(g).clone()
             offset += g.numel()
 
+    def _together(self, step: Callable[[], Any]) -> Any:
+        """`step()`, raising on every process if it diverged on any one: the others would otherwise
+        wait in the next all-reduce for a process that has stopped."""
+        error, result = None, None
+        try:
+            result = step()
+        except TrainingDivergedError as err:
+            error = err
+        if self.accelerator.num_processes > 1:
+            flag = torch.tensor([float(error is not None)], device=self.m.device)
+            if self.accelerator.reduce(flag, reduction="sum").item() > 0 and error is None:
+                error = TrainingDivergedError(f"node {self.node}: another process diverged at iteration "
+                                              f"{self.iteration + 1} (its error says how); the last checkpoint is "
+                                              "kept, the node is not published")
+        if error is not None:
+            raise error
+        return result
+
     def update(self, r: Rollout) -> Dict[str, float]:
         h = self.h
         n = r.input_ids.shape[0]
@@ -229,10 +247,7 @@ class PPOTrainer:
             order = torch.randperm(n, generator=gen).tolist()
             for start in range(0, n, h.mini_batch_size):
                 minibatch = order[start:start + h.mini_batch_size]
-                for k in range(0, len(minibatch), micro):
-                    idx = minibatch[k:k + micro]
-                    weight = len(idx) / len(minibatch)
-                    stats = self._micro_step(r, idx, weight)
+                for stats in self._together(lambda: self._minibatch(r, minibatch, micro)):
                     for key, value in stats.items():
                         sums.setdefault(key, []).append(value)
                 self._sync_gradients()
@@ -245,6 +260,11 @@ class PPOTrainer:
                                                 f"iteration {self.iteration + 1}; lower stage.ppo.learning_rate "
                                                 "(the last checkpoint is kept, the node is not published)")
         return {k: sum(v) / len(v) for k, v in sums.items()}
+
+    def _minibatch(self, r: Rollout, minibatch: List[int], micro: int) -> List[Dict[str, float]]:
+        """Accumulate a minibatch's gradients over micro-batches of `micro` samples; their stats."""
+        return [self._micro_step(r, minibatch[k:k + micro], len(minibatch[k:k + micro]) / len(minibatch))
+                for k in range(0, len(minibatch), micro)]
 
     def _micro_step(self, r: Rollout, idx: List[int], weight: float) -> Dict[str, float]:
         h, m = self.h, self.m
@@ -280,11 +300,9 @@ class PPOTrainer:
         for iteration in bar:
             self.iteration = iteration
             start = time.time()
-            rollout = self.rollout(iteration)
+            rollout = self._together(lambda: self.rollout(iteration))
             stats = {**rollout.stats, **self.update(rollout)}
-            if not math.isfinite(stats["reward/mean"]):
-                raise TrainingDivergedError(f"node {self.node}: reward is {stats['reward/mean']} at iteration "
-                                            f"{iteration + 1} (the last checkpoint is kept, the node is not published)")
+            self._together(lambda: self._check_reward(stats["reward/mean"]))
             stats = self._mean_across_processes(stats)
             self.kl.update(stats["kl"], h.rollout_batch_size * self.accelerator.num_processes)
             stats["time/iteration"] = time.time() - start
@@ -304,6 +322,11 @@ class PPOTrainer:
             if self.iteration % h.save_steps == 0 and self.iteration < h.iterations:
                 self._save(checkpoint_dir)
         return self.history[-1] if self.history else {}
+
+    def _check_reward(self, reward: float) -> None:
+        if not math.isfinite(reward):
+            raise TrainingDivergedError(f"node {self.node}: reward is {reward} at iteration {self.iteration + 1} "
+                                        "(the last checkpoint is kept, the node is not published)")
 
     def _mean_across_processes(self, stats: Dict[str, float]) -> Dict[str, float]:
         if self.accelerator.num_processes == 1:
