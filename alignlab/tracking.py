@@ -9,7 +9,7 @@ import math
 import re
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from transformers import TrainerCallback
 
@@ -26,6 +26,25 @@ def redact(value: Any) -> Any:
     if isinstance(value, list):
         return [redact(v) for v in value]
     return value
+
+
+def cut_jsonl(path: Path, keep: Callable[[dict], bool]) -> None:
+    """Rewrite a JSONL file with the rows `keep` accepts (and without a line torn by a kill)."""
+    if not path.is_file():
+        return
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    kept = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if keep(row):
+            kept.append(line)
+    if len(kept) < len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        tmp.replace(path)
 
 
 class NodeTracker:
@@ -61,6 +80,11 @@ class NodeTracker:
             f.write(json.dumps(record) + "\n")
         if self.run is not None:
             self.run.log(clean, step=step)
+
+    def rewind(self, step: int) -> None:
+        """Keep only the metrics.jsonl rows up to `step`: a node resumed from its checkpoint at
+        `step` (0: from scratch) logs the steps after it again."""
+        cut_jsonl(self.metrics_path, lambda row: row.get("step") is not None and row["step"] <= step)
 
     def table(self, name: str, jsonl: Path) -> None:
         """Log a JSONL file's rows as a wandb.Table (columns from the first row)."""

@@ -8,8 +8,10 @@ joins a gloo process group on the CPU."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from conftest import REPO, TINY_PREFERENCE, TINY_SFT, alignlab_env
@@ -77,3 +79,36 @@ def test_evaluations_longer_than_the_process_group_timeout_complete(data_home, m
     assert summary["status"] == "ok" and summary["nodes"]["sft"]["status"] == "trained"
     assert summary["forgetting"]["nodes"]["sft"]["scores"]
     assert not list((tmp_path / "cache" / ".sync").iterdir())  # markers cleaned up after success
+
+
+RANK_REWARD = '''import os
+
+
+def nan_on_rank_1(prompts, responses):
+    return [float("nan") if os.environ.get("RANK") == "1" else 1.0 for _ in responses]
+'''
+
+
+def test_divergence_on_one_process_stops_every_process(data_home, model_cache, tmp_path):
+    """A NaN reward on the second process only: both processes stop with the divergence error (the
+    first would otherwise wait in the gradient all-reduce, or be killed by the launcher)."""
+    (tmp_path / "rank_reward.py").write_text(RANK_REWARD)
+    env = alignlab_env(data_home, model_cache)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(tmp_path), env.get("PYTHONPATH")) if p)
+    cmd = [
+        ACCELERATE, "launch", "--config_file", str(REPO / "accelerate" / "cpu_ddp.yaml"), "-m", "alignlab.cli",
+        *TINY_SFT, "pipeline=sft_ppo", "stage.sft.max_steps=2", "data.prompts.max_train_rows=24",
+        "stage.ppo.iterations=2", "stage.ppo.rollout_batch_size=2", "stage.ppo.mini_batch_size=2",
+        "stage.ppo.ppo_epochs=1", "stage.ppo.max_new_tokens=6", "+stage.ppo.reward_fn._target_=rank_reward.nan_on_rank_1",
+        f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}",
+    ]
+    start = time.time()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0 and time.time() - start < 300
+    errors = [line[line.index("alignlab: error:"):] for line in done.stderr.splitlines() if "alignlab: error:" in line]
+    assert sorted(errors) == [
+        "alignlab: error: node ppo: another process diverged at iteration 1 (its error says how); the last "
+        "checkpoint is kept, the node is not published",
+        "alignlab: error: node ppo: policy loss is nan at iteration 1; lower stage.ppo.learning_rate (the last "
+        "checkpoint is kept, the node is not published)",
+    ], done.stderr[-4000:]

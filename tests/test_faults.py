@@ -35,6 +35,22 @@ KILLED = {
 }
 
 
+def _rows(path: Path) -> list:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _logged_past_checkpoint(cache: Path, stage: str, checkpoints: str) -> bool:
+    """The node has a checkpoint and metrics.jsonl rows for steps after it (a rerun resumes at it)."""
+    saved = [int(n) for n in (p.parent.name.rsplit("-", 1)[1] for p in cache.glob(checkpoints)) if n.isdigit()]
+    metrics = list(cache.glob(f"{stage}-*.partial/metrics.jsonl"))
+    if not saved or not metrics:
+        return False
+    try:
+        return any(row["step"] > max(saved) for row in _rows(metrics[0]))
+    except json.JSONDecodeError:  # a row being written
+        return False
+
+
 @pytest.mark.parametrize("stage", sorted(KILLED))
 def test_killed_node_resumes_from_its_last_checkpoint(stage, data_home, model_cache, tmp_path):
     overrides, checkpoints = KILLED[stage]
@@ -43,9 +59,9 @@ def test_killed_node_resumes_from_its_last_checkpoint(stage, data_home, model_ca
     env = alignlab_env(data_home, model_cache)
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
-    while time.time() < deadline and not list(cache.glob(checkpoints)):
-        assert proc.poll() is None, "alignlab exited before the node's first checkpoint"
-        time.sleep(0.2)
+    while time.time() < deadline and not _logged_past_checkpoint(cache, stage, checkpoints):
+        assert proc.poll() is None, "alignlab exited before the node logged past its first checkpoint"
+        time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not list(cache.glob(f"{stage}-*/{COMPLETE}")), "a killed node must not be published"
@@ -64,6 +80,14 @@ def test_killed_node_resumes_from_its_last_checkpoint(stage, data_home, model_ca
         assert node["metrics"]["resumed_from_step"] >= 3 and node["metrics"]["train_steps"] == 24
     artifact = Path(node["artifact"])
     assert not (artifact / "checkpoints").exists() and (artifact / COMPLETE).is_file()
+    # The steps logged after the checkpoint by the killed attempt are logged once, by the rerun.
+    rows = _rows(artifact / "metrics.jsonl")
+    if stage == "ppo":
+        assert [row["step"] for row in rows] == list(range(1, 17))
+        iterations = [row["iteration"] for row in _rows(artifact / "samples.jsonl")]
+        assert iterations == sorted(iterations) and len(iterations) == 16 * 2  # 2 responses per iteration
+    else:
+        assert [row["step"] for row in rows if "loss" in row] == list(range(1, 25))  # the training-loss rows
     weights = load_file(str(artifact / "adapter" / "adapter_model.safetensors"))
     assert weights and all(torch.isfinite(w).all() for w in weights.values())
 

@@ -143,6 +143,33 @@ def test_upstream_adapter_loads_frozen_or_trainable(model_cache, tmp_path):
         load_adapter(load_base(TINY, QuantConfig(), model_cache), tmp_path, trainable=False)
 
 
+def test_lora_weights_copy_only_between_equal_lora_settings(model_cache, tmp_path):
+    """The reward/value adapters start from another node's LoRA weights: scaling (alpha, rsLoRA),
+    bias and target modules must match, or the copied weights would compute another function."""
+    from alignlab.models.loading import copy_lora_weights
+
+    def lora(peft: PeftConfig):
+        return add_adapter(load_base(TINY, QuantConfig(), model_cache), peft, QuantConfig())
+
+    source = lora(PeftConfig(r=4))
+    with torch.no_grad():
+        for n, p in source.named_parameters():
+            if "lora_B" in n:
+                p.add_(0.01)
+    source.save_pretrained(tmp_path / "adapter")
+    same = lora(PeftConfig(r=4))
+    copy_lora_weights(same, tmp_path / "adapter")
+    expected = {n: p for n, p in source.named_parameters() if "lora_" in n}
+    assert all(torch.equal(p, expected[n]) for n, p in same.named_parameters() if "lora_" in n)
+    for peft, pattern in ((PeftConfig(r=4, alpha=8), r"lora_alpha 32 vs peft\.alpha 8"),
+                          (PeftConfig(r=4, use_rslora=True), r"use_rslora False vs peft\.use_rslora True"),
+                          (PeftConfig(r=4, bias="lora_only"), r"bias none vs peft\.bias lora_only"),
+                          (PeftConfig(r=4, target_modules=["q_proj", "v_proj"]), r"target_modules \[.*\] vs "
+                                                                                   r"peft\.target_modules \['q_proj', 'v_proj'\]")):
+        with pytest.raises(ModelLoadError, match=r"adapter '.*adapter' was trained with other LoRA settings .*" + pattern):
+            copy_lora_weights(lora(peft), tmp_path / "adapter")
+
+
 def test_hub_id_offline_fails_clearly(model_cache, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelLoadError, match=r"some-org/some-model.*HF_HUB_OFFLINE"):

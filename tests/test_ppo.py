@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from alignlab.errors import ConfigError
+from alignlab.errors import ConfigError, TrainingCollapsedError
 from conftest import TINY_PREFERENCE, TINY_SFT
 
 TINY_PPO = (
@@ -30,7 +31,7 @@ def test_ppo_trains_policy_and_value_and_keeps_the_reference(compose, tmp_path):
     from alignlab.rl.shared_model import SharedBaseModel
     from alignlab.rl.trainer import PPOTrainer, gather_logprobs
 
-    cfg = compose(*TINY_PPO, "pipeline=sft_rm_ppo", f"paths.run_dir={tmp_path / 'run'}")
+    cfg = compose(*TINY_PPO, "pipeline=sft_rm_ppo", "stage.ppo.collapse_patience=1", f"paths.run_dir={tmp_path / 'run'}")
     summary = run(cfg)
     nodes = summary["nodes"]
     sft, rm, ppo = (Path(nodes[n]["artifact"]) for n in ("sft", "rm", "ppo"))
@@ -67,6 +68,15 @@ def test_ppo_trains_policy_and_value_and_keeps_the_reference(compose, tmp_path):
                 logits = shared.response_logits(probe.input_ids, probe.attention_mask, probe.context, 0.7)
             return gather_logprobs(logits, probe.input_ids[:, probe.context:])
 
+    # Responses cut off without EOS are scored with the assistant turn left open, not closed.
+    batch, finished = trainer._prompt_batch(0), [sample["eos"] for sample in probe.samples]
+    responses, scored = [sample["response"] for sample in probe.samples], [sample["score"] for sample in probe.samples]
+    assert not all(finished)  # max_new_tokens=8: the tiny policy is cut off
+    h = cfg.stage.ppo
+    torch.testing.assert_close(torch.tensor(scored), shared.scores(batch, responses, finished, h.reward_max_length, 4))
+    closed = shared.scores(batch, responses, [True] * len(batch), h.reward_max_length, 4)
+    assert all(abs(s - c) > 1e-6 for s, c, done in zip(scored, closed.tolist(), finished) if not done)
+
     ref_before, policy_before = logprobs(True), logprobs(False)
     trainer.train(tmp_path / "ckpt", tmp_path / "samples.jsonl")
     assert torch.equal(logprobs(True), ref_before)
@@ -78,7 +88,7 @@ def test_ppo_with_programmatic_reward_resumes_from_checkpoint(compose, tmp_path)
     from alignlab.rl.shared_model import SharedBaseModel
     from alignlab.rl.trainer import PPOTrainer
 
-    cfg = compose(*TINY_PPO, "pipeline=sft_ppo")
+    cfg = compose(*TINY_PPO, "pipeline=sft_ppo", "stage.ppo.collapse_patience=1")  # a normal run never trips it
     shared = SharedBaseModel(cfg, None, None, reference="base", value_init="fresh")
     prompts = [[{"role": "user", "content": f"Tell me about {w}."}] for w in ("cats", "rain", "tea", "maps", "jazz")]
     fn = rewards.resolve({"_target_": "alignlab.rl.rewards.target_length", "words": 3})
@@ -94,6 +104,80 @@ def test_ppo_with_programmatic_reward_resumes_from_checkpoint(compose, tmp_path)
     assert again.history[0] == trainer.history[0]
     again.train(tmp_path / "ckpt", tmp_path / "samples.jsonl")
     assert again.iteration == 3 and len(again.history) == 3
+
+
+def test_truncated_response_is_rendered_with_its_turn_open(compose):
+    from alignlab.models import load_tokenizer
+    from alignlab.rl.shared_model import chat_texts
+
+    cfg = compose(*TINY_PPO, "pipeline=sft_ppo")
+    tok = load_tokenizer(cfg.model, cfg.paths.model_cache)
+    prompt = [{"role": "user", "content": "Name a colour."}]
+    opened = tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    done, cut = chat_texts(tok, [prompt, prompt], ["Blue is", "Blue is"], [True, False])
+    assert done == opened + "Blue is<|im_end|>\n" and cut == opened + "Blue is"
+
+
+LENGTH = {"_target_": "alignlab.rl.rewards.target_length", "words": 3}
+PROMPTS = [[{"role": "user", "content": f"Tell me about {w}."}] for w in ("cats", "rain", "tea", "maps")]
+
+
+@pytest.mark.parametrize("model", ["tiny", "smollm2"])
+def test_rollout_logprobs_are_those_the_responses_were_sampled_with(compose, model):
+    """Even with a checkpoint generation_config that transformers would merge into generate()
+    (penalties, n-gram bans, top-k), the rollout samples from softmax(logits / temperature): the
+    training-side log-probs equal generate's own transition scores of the same sampling call."""
+    from alignlab.rl import rewards
+    from alignlab.rl.shared_model import SharedBaseModel
+    from alignlab.rl.trainer import PPOTrainer
+
+    cfg = compose(*TINY_PPO, "pipeline=sft_ppo", f"model={model}")
+    shared = SharedBaseModel(cfg, None, None, reference="base", value_init="fresh")
+    checkpoint = shared.model.get_base_model().generation_config
+    checkpoint.repetition_penalty, checkpoint.no_repeat_ngram_size, checkpoint.top_k = 1.5, 2, 5
+    trainer = PPOTrainer(shared, cfg.stage.ppo, PROMPTS, "no", reward_fn=rewards.resolve(LENGTH))
+    rollout = trainer.rollout(0)
+    _, out = trainer.sample(trainer._prompt_batch(0), 0, output_scores=True, return_dict_in_generate=True)
+    assert torch.equal(out.sequences, rollout.input_ids)  # the same sampling call
+    sampled = shared.model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
+    mask = rollout.mask.bool()
+    torch.testing.assert_close(rollout.logprobs[mask], sampled[mask], atol=1e-4, rtol=0)
+    assert checkpoint.repetition_penalty == 1.5  # the checkpoint's own config is left as it was
+
+
+def test_attention_dropout_is_off_in_training_passes(compose, model_cache, tmp_path):
+    """A checkpoint with config.attention_dropout > 0 (attention modules copy the rate, active in
+    train mode): two training-mode forwards give identical log-probs."""
+    from alignlab.models.embedded import embedded_model_dir
+    from alignlab.rl.shared_model import SharedBaseModel
+    from alignlab.rl.trainer import gather_logprobs
+
+    path = tmp_path / "tiny-dropout"
+    shutil.copytree(embedded_model_dir("embedded:tiny-llama", model_cache), path)
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "attention_dropout": 0.5}))
+    cfg = compose(*TINY_PPO, "pipeline=sft_ppo", f"model.name_or_path={path}")
+    shared = SharedBaseModel(cfg, None, None, reference="base", value_init="fresh")
+    ids = shared.tokenizer(["Tell me about cats. Cats are small."], return_tensors="pt")["input_ids"]
+    shared.model.train()
+    runs = [gather_logprobs(shared.response_logits(ids, torch.ones_like(ids), 4, 0.7), ids[:, 4:]) for _ in range(2)]
+    assert torch.equal(*runs)
+
+
+def test_ppo_without_learning_signal_stops_as_collapsed(compose, tmp_path):
+    """A zero reward with no KL penalty and a fresh (zero) value head gives exactly zero
+    gradients: after `collapse_patience` iterations the node stops with the collapse error."""
+    from alignlab.rl.shared_model import SharedBaseModel
+    from alignlab.rl.trainer import PPOTrainer
+
+    cfg = compose(*TINY_PPO, "pipeline=sft_ppo", "stage.ppo.iterations=4", "stage.ppo.collapse_patience=2",
+                  "stage.ppo.kl_coef=0", "stage.ppo.missing_eos_penalty=null")
+    shared = SharedBaseModel(cfg, None, None, reference="base", value_init="fresh")
+    trainer = PPOTrainer(shared, cfg.stage.ppo, PROMPTS, "no", reward_fn=lambda prompts, responses: [0.0] * len(responses))
+    with pytest.raises(TrainingCollapsedError, match=r"node ppo: training collapsed at step 2: the gradient norm has "
+                                                     r"been exactly 0 at learning rate 0\.01 for 2 logging steps"):
+        trainer.train(tmp_path / "ckpt", tmp_path / "samples.jsonl")
+    assert [stats["grad_norm"] for stats in trainer.history] == [0.0, 0.0]
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(compose):

@@ -51,6 +51,21 @@ def test_reward_model_starts_from_sft_adapter_trains_and_reloads_identically(com
     torch.testing.assert_close(reloaded.score(prompts, responses), expected, rtol=0, atol=1e-6)
 
 
+def test_reward_pairs_over_max_length_are_truncated_not_dropped(compose, stage_context):
+    """on_too_long=truncate: every pair reaches trl (whose RewardTrainer drops longer pairs), the
+    long ones cut from the left (the response end, where the score is read, kept), and counted."""
+    ctx = stage_context(compose(*PIPELINE, "stage.reward.max_length=64"), "rm")
+    trainer = reward.build_trainer(ctx)
+    tok, rows = trainer.processing_class, ctx.data.train
+    full = [[tok.apply_chat_template(r["prompt"] + r[side], tokenize=True, return_dict=True)["input_ids"]
+             for side in ("chosen", "rejected")] for r in rows]
+    over = sum(max(len(chosen), len(rejected)) > 64 for chosen, rejected in full)
+    assert over > 0 and ctx.too_long["train"] == over
+    assert len(trainer.train_dataset) == len(rows)
+    for row, (chosen, rejected) in zip(trainer.train_dataset, full):
+        assert row["chosen_ids"] == chosen[-64:] and row["rejected_ids"] == rejected[-64:]
+
+
 def test_reward_run_reports_held_out_accuracy_and_margin_plot(compose, stage_context):
     ctx = stage_context(compose(*PIPELINE), "rm")
     metrics = reward.run(ctx)
@@ -124,3 +139,10 @@ def test_reward_normalisation_makes_the_reference_set_score_zero(compose, stage_
     reloaded = reward.RewardScorer.from_artifact(ctx.work_dir, cfg, max_length=128)
     assert reloaded.offset == metrics["reward_offset"]
     assert abs(reloaded.chosen_scores(ctx.data.train[:8]).double().mean().item()) < 1e-5
+    # PPO reads the reward node through its own scorer: the same shift applies there.
+    from alignlab.rl.shared_model import SharedBaseModel
+
+    shared = SharedBaseModel(cfg, None, ctx.work_dir / "adapter", reference="base", value_init="fresh")
+    rows = ctx.data.train[:8]
+    ppo_scores = shared.scores([r["prompt"] for r in rows], [r["chosen"][-1]["content"] for r in rows], [True] * 8, 128, 8)
+    assert abs(ppo_scores.double().mean().item()) < 1e-4

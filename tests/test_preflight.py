@@ -29,6 +29,7 @@ def _file(tmp: Path, name: str, content: bytes) -> tuple:
 
 LATIN1 = (json.dumps(GOOD) + "\n").encode() + '{"messages": [{"role": "user", "content": "café"}]}\n'.encode("latin-1")
 OFFSET = LATIN1.index("é".encode("latin-1"))
+LENGTH_REWARD = "+stage.ppo.reward_fn._target_=alignlab.rl.rewards.target_length"
 EVAL, JUDGE = ("eval=forgetting_quick", "eval.limit=2"), ("judge=local", "judge.num_prompts=2")
 
 # name -> (overrides after TINY_SFT (a callable gets the case's tmp dir), pattern the error must match)
@@ -93,6 +94,12 @@ CASES = {
     # graph and cross-field
     "dpo loss weights": (("stage.dpo.loss_weights=[1.0,2.0]",), r"stage\.dpo\.loss_weights: 2 weight\(s\) for 1 loss type"),
     "ppo without reward": (("pipeline=sft_ppo",), r"pipeline\.nodes\.ppo: a ppo node needs exactly one reward source"),
+    "ppo top-k sampling": (("pipeline=sft_ppo", LENGTH_REWARD, "stage.ppo.top_k=50"),
+                           r"stage\.ppo\.top_k=50: PPO samples from the full softmax .* set stage\.ppo\.top_k=0"),
+    "ppo top-p sampling": (("pipeline=sft_ppo", LENGTH_REWARD, "stage.ppo.top_p=0.9"),
+                           r"stage\.ppo\.top_p=0\.9: PPO samples from the full softmax .* set stage\.ppo\.top_p=1"),
+    "ppo in fp16": (("pipeline=sft_ppo", LENGTH_REWARD, "stage.ppo.mixed_precision=fp16"),
+                    r"stage\.ppo\.mixed_precision=fp16: PPO does not train in fp16 \(it has no loss scaling\)"),
     "missing dataset": (("pipeline.nodes.sft.data=nosuch",), r"pipeline\.nodes\.sft\.data: no dataset 'nosuch' in the data group"),
 }
 

@@ -9,7 +9,6 @@ import torch
 from alignlab.rl import (
     AdaptiveKLController,
     FixedKLController,
-    clip_and_whiten_scores,
     entropy_from_logits,
     explained_variance,
     gae,
@@ -18,6 +17,8 @@ from alignlab.rl import (
     masked_var,
     masked_whiten,
     policy_loss,
+    rollout_targets,
+    sequence_kl,
     token_rewards,
     value_loss,
 )
@@ -86,17 +87,81 @@ def test_unknown_kl_estimator_is_named():
 
 
 def test_token_rewards_score_at_last_real_token():
-    kl = torch.tensor([[0.1, 0.2, 0.3, 0.4], [0.5, -0.2, PAD, PAD]])
+    logp = torch.tensor([[-0.1, -0.2, -0.3, -0.4], [-0.5, -0.2, PAD, -PAD]])
+    ref = torch.tensor([[-0.2, -0.4, -0.6, -0.8], [-1.0, 0.0, -PAD, float("nan")]])
     mask = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 0.0, 0.0]])
     scores = torch.tensor([2.0, -1.0])
-    # -0.5 * kl on real tokens; row 0 gets +2 at t=3, row 1 gets -1 at t=1; padding 0.
+    # k1 = logp - ref = [[0.1, 0.2, 0.3, 0.4], [0.5, -0.2, pad, pad]]; -0.5 * k1 on real tokens;
+    # row 0 gets +2 at t=3, row 1 gets -1 at t=1; padding 0.
     expected = [[-0.05, -0.1, -0.15, -0.2 + 2.0], [-0.25, 0.1 - 1.0, 0.0, 0.0]]
-    close(token_rewards(scores, kl, 0.5, mask), expected)
+    close(token_rewards(scores, logp, ref, 0.5, mask), expected)
 
 
 def test_token_rewards_needs_a_real_token_per_row():
     with pytest.raises(ValueError, match="at least one real"):
-        token_rewards(torch.ones(2), torch.zeros(2, 3), 0.1, torch.tensor([[1, 1, 0], [0, 0, 0]]))
+        token_rewards(torch.ones(2), torch.zeros(2, 3), torch.zeros(2, 3), 0.1, torch.tensor([[1, 1, 0], [0, 0, 0]]))
+
+
+# One token from policy p = [0.5, 0.25, 0.25] (logits theta = log p), reference q = [0.25, 0.5, 0.25].
+# KL(p || q) = 0.5 ln 2 - 0.25 ln 2 + 0 = 0.25 ln 2; dKL/dtheta_j = p_j (ln(p_j / q_j) - KL):
+#   0.5 (ln 2 - 0.1732868) = 0.2599302, 0.25 (-ln 2 - 0.1732868) = -0.2166085, 0.25 (0 - 0.1732868) = -0.0433217
+P, Q = torch.tensor([0.5, 0.25, 0.25]), torch.tensor([0.25, 0.5, 0.25])
+GRAD_KL = [0.2599302, -0.2166085, -0.0433217]
+
+
+def _expected_reward_gradient(penalty) -> torch.Tensor:
+    """Score-function gradient E_x~p[R(x) grad log p(x)] of a per-token reward R, summed exactly
+    over the three outcomes (one row each)."""
+    theta = P.log().requires_grad_()
+    logp = torch.log_softmax(theta, -1).unsqueeze(1)  # [3 outcomes, T=1]
+    reward = penalty(logp.detach(), Q.log().unsqueeze(1)).squeeze(1)
+    (P * reward * logp.squeeze(1)).sum().backward()
+    return theta.grad
+
+
+def test_k1_kl_reward_has_the_gradient_of_minus_kl():
+    """The penalty PPO maximises must pull the policy toward the reference like -KL does."""
+    grad = _expected_reward_gradient(lambda lp, ref: token_rewards(torch.zeros(3), lp, ref, 1.0, torch.ones(3, 1)))
+    close(grad, [-g for g in GRAD_KL])
+    # k3 as a reward would estimate the KL's value (E[k3] = KL) but not its gradient:
+    # k3 = q/p - 1 - ln(q/p) = [0.1931472, 0.3068528, 0]; p_j (k3_j - KL) = [0.0099302, 0.0333915, -0.0433217].
+    close(kl_penalty(P.log(), Q.log(), "k3") @ P, 0.25 * math.log(2))
+    close(_expected_reward_gradient(lambda lp, ref: kl_penalty(lp, ref, "k3")), [0.0099302, 0.0333915, -0.0433217])
+
+
+def test_sequence_kl_ignores_nonfinite_padding():
+    logp = torch.tensor([[-1.0, -2.0, float("nan")], [-0.7, float("inf"), -float("inf")]])
+    ref = torch.tensor([[-1.5, -1.0, 0.0], [-0.7, 0.0, float("nan")]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    close(sequence_kl(logp, ref, mask, "k1"), [0.5 - 1.0, 0.0])
+    close(sequence_kl(logp, ref, mask, "k3"), [0.1065307 + 0.7182818, 0.0])
+
+
+def test_rollout_targets_by_hand_and_unaffected_by_padding():
+    # Row 0 = the GAE example below (gamma 0.9, lam 0.8) with a k1 penalty of 0 and score 1;
+    # row 1's padded position holds NaN/inf in every input.
+    nan, inf = float("nan"), float("inf")
+    logp = torch.tensor([[-1.0, -1.0, -1.0], [-1.0, -1.0, nan]])
+    values = torch.tensor([[0.5, 0.4, 0.6], [0.5, 0.4, inf]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    rewards, advantages, returns = rollout_targets(torch.tensor([1.0, 1.0]), logp, logp.nan_to_num(), values, mask,
+                                                   kl_coef=0.1, gamma=0.9, lam=0.8, whiten_advantages=False)
+    close(rewards, [[0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    close(advantages, [[0.16816, 0.428, 0.4], [0.292, 0.6, 0.0]])
+    close(returns, [[0.66816, 0.828, 1.0], [0.792, 1.0, 0.0]])
+
+
+def test_whiten_rewards_whitens_token_rewards_without_shifting_their_mean():
+    # trl's `whiten_rewards`: the per-token rewards (penalty + score), not the scores, keep their mean.
+    # k1 penalties 0, rewards [[0, 0, 1], [0, 1, pad]]: mean 0.4, unbiased var 0.3 ->
+    # (r - 0.4) / sqrt(0.3) + 0.4 = [-0.3302967, 1.4954451] for r = 0, 1.
+    logp = torch.zeros(2, 3)
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    rewards, _, _ = rollout_targets(torch.tensor([1.0, 1.0]), logp, logp, torch.zeros(2, 3), mask, 0.1, 1.0, 1.0,
+                                    whiten_rewards=True)
+    lo, hi = 0.4 - 0.4 / math.sqrt(0.3), 0.4 + 0.6 / math.sqrt(0.3)
+    close(rewards, [[lo, lo, hi], [lo, hi, 0.0]])
+    close(masked_mean(rewards, mask), 0.4)
 
 
 def test_gae_by_hand_with_right_padded_row():
@@ -212,10 +277,3 @@ def test_adaptive_kl_controller(current_kl, expected):
     ctl = AdaptiveKLController(init_coef=0.1, target=6.0, horizon=10000)
     ctl.update(current_kl=current_kl, n_steps=256)
     assert ctl.coef == pytest.approx(expected, rel=1e-9)
-
-
-def test_clip_and_whiten_scores():
-    scores = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
-    close(clip_and_whiten_scores(scores, whiten=True, clip=1.0), [-1.0, -0.6324555, 0.0, 0.6324555, 1.0])
-    close(clip_and_whiten_scores(torch.tensor([-3.0, 0.5, 5.0]), whiten=False, clip=2.0), [-2.0, 0.5, 2.0])
-    assert torch.equal(clip_and_whiten_scores(scores, whiten=False, clip=None), scores)

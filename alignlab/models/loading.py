@@ -1,6 +1,7 @@
 """The one model loader every stage uses: base weights, quantization, LoRA adapters and heads."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Optional
@@ -179,13 +180,34 @@ def _prepare_quantized(model, gradient_checkpointing: bool = False):
     return model
 
 
+# LoRA settings two adapters must share for one's weights to mean the same in the other
+# (adapter_config.json key -> the peft group setting).
+LORA_LAYOUT = {"lora_alpha": "alpha", "use_rslora": "use_rslora", "bias": "bias", "target_modules": "target_modules"}
+
+
+def _lora_layout(config: dict) -> dict:
+    layout = {key: config.get(key) for key in LORA_LAYOUT}
+    targets = layout["target_modules"]
+    layout["target_modules"] = targets if targets is None or isinstance(targets, str) else sorted(targets)
+    return layout
+
+
 def copy_lora_weights(model, adapter_dir: Path, adapter_name: str = "default") -> None:
+    """Copy a saved adapter's LoRA weights into `adapter_name` of `model`: same weight names and
+    shapes, and the same scaling, bias and target modules (else the copy would compute another function)."""
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    weights_file = adapter_dir / "adapter_model.safetensors"
-    if not weights_file.is_file():
-        raise ModelLoadError(f"no adapter weights at '{weights_file}'")
+    weights_file, config_file = adapter_dir / "adapter_model.safetensors", adapter_dir / "adapter_config.json"
+    if not weights_file.is_file() or not config_file.is_file():
+        raise ModelLoadError(f"no adapter weights and config at '{adapter_dir}'")
+    theirs = _lora_layout(json.loads(config_file.read_text()))
+    ours = _lora_layout(vars(model.peft_config[adapter_name]))
+    differ = [f"{key} {theirs[key]} vs peft.{LORA_LAYOUT[key]} {ours[key]}" for key in LORA_LAYOUT
+              if theirs[key] != ours[key]]
+    if differ:
+        raise ModelLoadError(f"adapter '{adapter_dir}' was trained with other LoRA settings than this model's "
+                             f"(same peft group needed): {'; '.join(differ)}")
     state = get_peft_model_state_dict(model, adapter_name=adapter_name)  # heads (modules_to_save) kept as they are
     lora = {k: v for k, v in load_file(str(weights_file)).items() if ".lora_" in k}
     ours = {k for k in state if ".lora_" in k}
@@ -213,13 +235,16 @@ def load_adapter(model, adapter_dir: str | os.PathLike, trainable: bool, adapter
 
 
 def disable_dropout(model) -> None:
-    """Every dropout off: nn.Dropout modules (the model's and LoRA's) and the rates attention reads
-    from the config (`attention_dropout` is applied inside the attention function, not by a module)."""
+    """Every dropout off: nn.Dropout modules (the model's and LoRA's), the rates attention modules
+    copy from the config (applied inside the attention function, active in train mode), and every
+    `*dropout` rate of the model's config."""
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
         config = getattr(module, "config", None)
-        if config is not None:
-            for name in ("attention_dropout", "attn_pdrop", "hidden_dropout", "resid_pdrop", "embd_pdrop"):
-                if isinstance(getattr(config, name, None), float):
-                    setattr(config, name, 0.0)
+        if config is not None and hasattr(config, "to_dict"):
+            for key, value in list(vars(config).items()):
+                if key.endswith("dropout") and isinstance(value, float):
+                    setattr(config, key, 0.0)

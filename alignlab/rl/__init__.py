@@ -2,7 +2,6 @@
 from alignlab.rl.ppo_math import (
     AdaptiveKLController,
     FixedKLController,
-    clip_and_whiten_scores,
     entropy_from_logits,
     explained_variance,
     gae,
@@ -12,6 +11,8 @@ from alignlab.rl.ppo_math import (
     masked_var,
     masked_whiten,
     policy_loss,
+    rollout_targets,
+    sequence_kl,
     token_rewards,
     value_loss,
 )
@@ -19,7 +20,6 @@ from alignlab.rl.ppo_math import (
 __all__ = [
     "AdaptiveKLController",
     "FixedKLController",
-    "clip_and_whiten_scores",
     "entropy_from_logits",
     "explained_variance",
     "gae",
@@ -29,6 +29,8 @@ __all__ = [
     "masked_var",
     "masked_whiten",
     "policy_loss",
+    "rollout_targets",
+    "sequence_kl",
     "token_rewards",
     "value_loss",
 ]

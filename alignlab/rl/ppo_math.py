@@ -43,10 +43,13 @@ def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True) -> Tensor:
 
 
 def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: str) -> Tensor:
-    """Per-token estimate of KL(policy || ref) from tokens sampled by the policy.
+    """Per-token estimate of KL(policy || ref) from tokens sampled by the policy, for logging.
 
     "k1": logp - ref (unbiased, can be negative per token).
     "k3": (r - 1) - log r with r = exp(ref - logp) (unbiased and never negative; Schulman 2020).
+    Both estimate the KL's value; only k1 used as a per-token reward has the KL's gradient
+    (E[k1 * grad log p] = grad KL). As a reward, k3's pull vanishes to second order near the
+    reference, so `token_rewards` always penalises with k1.
     """
     if estimator == "k1":
         return logprobs - ref_logprobs
@@ -54,6 +57,11 @@ def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: str) -> Tensor
         log_ratio = ref_logprobs - logprobs
         return torch.expm1(log_ratio) - log_ratio
     raise ValueError(f"unknown KL estimator {estimator!r}; expected one of {KL_ESTIMATORS}")
+
+
+def sequence_kl(logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor, estimator: str) -> Tensor:
+    """KL(policy || ref) of each sampled response [B]: the per-token estimates summed over real tokens."""
+    return torch.where(mask.bool(), kl_penalty(logprobs, ref_logprobs, estimator), 0).sum(-1)
 
 
 def last_token_index(mask: Tensor) -> Tensor:
@@ -65,11 +73,13 @@ def last_token_index(mask: Tensor) -> Tensor:
     return torch.where(keep, positions, -1).argmax(dim=1)
 
 
-def token_rewards(scores: Tensor, kl: Tensor, kl_coef: float, mask: Tensor) -> Tensor:
-    """Per-token rewards: -kl_coef * kl on response tokens, plus each row's score [B] at its last real token."""
-    rewards = torch.where(mask.bool(), -kl_coef * kl, 0)
+def token_rewards(scores: Tensor, logprobs: Tensor, ref_logprobs: Tensor, kl_coef: float, mask: Tensor) -> Tensor:
+    """Per-token rewards: -kl_coef * (logp - ref) (the k1 penalty, see `kl_penalty`) on response
+    tokens, plus each row's score [B] at its last real token; 0 on padding, whatever it holds."""
+    keep = mask.bool()
+    rewards = torch.where(keep, -kl_coef * (logprobs - ref_logprobs), 0)
     rows = torch.arange(rewards.shape[0], device=rewards.device)
-    rewards[rows, last_token_index(mask)] += scores.to(rewards.dtype)
+    rewards[rows, last_token_index(keep)] += scores.to(rewards.dtype)
     return rewards
 
 
@@ -146,13 +156,20 @@ def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> float:
     return (1.0 - masked_var(returns - values, mask, unbiased=False) / var_returns).item()
 
 
-def clip_and_whiten_scores(scores: Tensor, whiten: bool, clip: Optional[float]) -> Tensor:
-    """Optionally whiten sequence scores [B] over the batch, then optionally clamp them to [-clip, clip]."""
-    if whiten:
-        scores = masked_whiten(scores, torch.ones_like(scores, dtype=torch.bool))
-    if clip is not None:
-        scores = torch.clamp(scores, -clip, clip)
-    return scores
+def rollout_targets(scores: Tensor, logprobs: Tensor, ref_logprobs: Tensor, values: Tensor, mask: Tensor,
+                    kl_coef: float, gamma: float, lam: float, whiten_rewards: bool = False,
+                    whiten_advantages: bool = True) -> Tuple[Tensor, Tensor, Tensor]:
+    """(rewards, advantages, returns) [B, T] of a rollout batch: `token_rewards`, optionally whitened
+    per token without shifting their mean (trl's `whiten_rewards`), then GAE, optionally whitened
+    advantages. Non-finite values on padded positions do not leak into real ones."""
+    keep = mask.bool()
+    rewards = token_rewards(scores, logprobs, ref_logprobs, kl_coef, keep)
+    if whiten_rewards:
+        rewards = masked_whiten(rewards, keep, shift_mean=False)
+    advantages, returns = gae(rewards, values, keep, gamma, lam)
+    if whiten_advantages:
+        advantages = masked_whiten(advantages, keep)
+    return rewards, advantages, returns
 
 
 class FixedKLController:

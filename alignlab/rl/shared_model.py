@@ -35,10 +35,13 @@ def _head(hidden: int, weight: Optional[torch.Tensor], trainable: bool) -> torch
     return head
 
 
-def chat_texts(tokenizer, prompts: Sequence[List[dict]], responses: Sequence[str]) -> List[str]:
-    """prompt + assistant response through the chat template: the text a reward model scores."""
-    return [tokenizer.apply_chat_template(list(p) + [{"role": "assistant", "content": r}], tokenize=False)
-            for p, r in zip(prompts, responses)]
+def chat_texts(tokenizer, prompts: Sequence[List[dict]], responses: Sequence[str],
+               finished: Sequence[bool]) -> List[str]:
+    """prompt + assistant response through the chat template: the text a reward model scores. A
+    response cut off without EOS is left open (no end-of-turn), so it is not scored as a finished one."""
+    return [tokenizer.apply_chat_template(list(p) + [{"role": "assistant", "content": r}], tokenize=False) if done
+            else tokenizer.apply_chat_template(list(p), tokenize=False, add_generation_prompt=True) + r
+            for p, r, done in zip(prompts, responses, finished)]
 
 
 class SharedBaseModel:
@@ -46,7 +49,9 @@ class SharedBaseModel:
 
     def __init__(self, cfg, policy_adapter: Optional[Path], reward_adapter: Optional[Path],
                  reference: str = "sft", value_init: str = "reward", gradient_checkpointing: bool = False):
-        from alignlab.models import add_adapter, copy_lora_weights, load_adapter, load_base, load_tokenizer, lora_config
+        from alignlab.models import (add_adapter, copy_lora_weights, disable_dropout, load_adapter, load_base,
+                                     load_tokenizer, lora_config)
+        from alignlab.stages.reward import reward_offset
 
         cache = cfg.paths.model_cache
         if cfg.peft.method != "lora":
@@ -71,6 +76,8 @@ class SharedBaseModel:
             if score is None:
                 raise ModelLoadError(f"reward adapter '{reward_adapter}' has no score head ({SCORE_KEY})")
         self.reward_head = _head(hidden, score, trainable=False) if score is not None else None
+        # A normalised reward node's shift (stage.reward.normalize_rows), subtracted from its scores.
+        self.reward_offset = reward_offset(reward_adapter) if reward_adapter is not None else 0.0
         self.model.add_adapter(VALUE, lora_config(cfg.peft))
         from_reward = value_init == "reward" and reward_adapter is not None
         if from_reward:
@@ -89,10 +96,8 @@ class SharedBaseModel:
                     self.adapter_params.setdefault(adapter, []).append(param)
         # No dropout anywhere: rollout and update log-probs must match. Eval mode, except around
         # gradient passes when checkpointing (transformers checkpoints only modules in training
-        # mode), so dropout is also switched off module by module.
-        for module in self.model.modules():
-            if isinstance(module, torch.nn.Dropout):
-                module.p = 0.0
+        # mode), so dropout is also switched off in every module and in the config's rates.
+        disable_dropout(self.model)
         self.checkpointing = gradient_checkpointing
         if gradient_checkpointing:
             self.model.get_base_model().activation_checkpointing_enable({"use_reentrant": False})
@@ -165,13 +170,13 @@ class SharedBaseModel:
             return self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
 
     @torch.no_grad()
-    def scores(self, prompts: Sequence[List[dict]], responses: Sequence[str], max_length: int,
-               batch_size: int) -> torch.Tensor:
-        """The reward node's scalar score of each (prompt, response), read like transformers'
-        sequence classifiers: at the last token that is not padding."""
+    def scores(self, prompts: Sequence[List[dict]], responses: Sequence[str], finished: Sequence[bool],
+               max_length: int, batch_size: int) -> torch.Tensor:
+        """The reward node's scalar score of each (prompt, response; `finished`: it ended with EOS),
+        read like transformers' sequence classifiers: at the last token that is not padding."""
         if self.reward_head is None:
             raise ModelLoadError("this PPO model has no reward adapter")
-        texts = chat_texts(self.tokenizer, prompts, responses)
+        texts = chat_texts(self.tokenizer, prompts, responses, finished)
         side, self.tokenizer.truncation_side = self.tokenizer.truncation_side, "left"
         out = []
         try:
@@ -186,7 +191,7 @@ class SharedBaseModel:
                     out.append(self.reward_head(picked.to(self.reward_head.weight.dtype)).squeeze(-1).float())
         finally:
             self.tokenizer.truncation_side = side
-        return torch.cat(out)
+        return torch.cat(out) - self.reward_offset
 
     def save_value(self, directory: Path) -> None:
         from peft import get_peft_model_state_dict

@@ -22,10 +22,13 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 from tqdm.auto import tqdm
 
-from alignlab.errors import AlignlabError, TrainingDivergedError
+from alignlab.errors import AlignlabError, ConfigError, TrainingDivergedError
 from alignlab.rl import ppo_math as F
 from alignlab.models.precision import autocast
 from alignlab.rl.shared_model import VALUE, SharedBaseModel
+from alignlab.stages.config import ppo_sampling_problems
+from alignlab.stages.context import CollapseWatch
+from alignlab.tracking import cut_jsonl
 
 log = logging.getLogger("alignlab.ppo")
 
@@ -71,12 +74,15 @@ class PPOTrainer:
 
     def __init__(self, shared: SharedBaseModel, h, prompts: List[List[dict]], precision: str,
                  reward_fn: Optional[Callable] = None, log_fn: Callable[[Dict[str, float], int], None] = lambda m, s: None,
-                 node: str = "ppo"):
+                 node: str = "ppo", rewind_fn: Callable[[int], None] = lambda step: None):
         from accelerate import Accelerator
 
+        problems = ppo_sampling_problems(h, precision)
+        if problems:
+            raise ConfigError(problems[0])
         self.m, self.h, self.precision, self.node = shared, h, precision, node
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
-        self.reward_fn, self.log_fn = reward_fn, log_fn
+        self.reward_fn, self.log_fn, self.rewind_fn = reward_fn, log_fn, rewind_fn
         tok = shared.tokenizer
         texts = [tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
         lengths = [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
@@ -114,18 +120,36 @@ class PPOTrainer:
         return [self.prompts[i] for i in order[offset:offset + n]]
 
     @torch.no_grad()
-    def rollout(self, iteration: int) -> Rollout:
-        h, m, tok = self.h, self.m, self.m.tokenizer
-        prompts = self._prompt_batch(iteration)
+    def sample(self, prompts: List[List[dict]], iteration: int, **outputs):
+        """(encoded prompts, generate() output) of an iteration's prompts, sampled from exactly
+        softmax(logits / temperature), the distribution the log-probs assume: an explicit
+        GenerationConfig without truncation or penalties, and the checkpoint's generation_config
+        (whose repetition_penalty, no_repeat_ngram_size, suppress_tokens, ... transformers would
+        merge in) set aside for the call. `outputs`: e.g. output_scores=True."""
+        from transformers import GenerationConfig
+
+        h, tok, lm = self.h, self.m.tokenizer, self.m.model.get_base_model()
         torch.manual_seed(h.seed * 100003 + iteration * self.accelerator.num_processes + self.accelerator.process_index)
         side, tok.padding_side = tok.padding_side, "left"
         texts = [tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
-        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(m.device)
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.m.device)
         tok.padding_side = side
-        with autocast(self.precision):
-            out = m.model.generate(**enc, do_sample=True, temperature=h.temperature, top_k=h.top_k or None,
-                                   top_p=h.top_p, max_new_tokens=h.max_new_tokens, eos_token_id=tok.eos_token_id,
-                                   pad_token_id=tok.pad_token_id, logits_processor=_finite_logits(self.node, iteration))
+        config = GenerationConfig(do_sample=True, temperature=h.temperature, top_k=0, top_p=1.0, repetition_penalty=1.0,
+                                  max_new_tokens=h.max_new_tokens, eos_token_id=tok.eos_token_id,
+                                  pad_token_id=tok.pad_token_id, **outputs)
+        checkpoint_config, lm.generation_config = lm.generation_config, GenerationConfig()
+        try:
+            with autocast(self.precision):
+                return enc, self.m.model.generate(**enc, generation_config=config,
+                                                  logits_processor=_finite_logits(self.node, iteration))
+        finally:
+            lm.generation_config = checkpoint_config
+
+    @torch.no_grad()
+    def rollout(self, iteration: int) -> Rollout:
+        h, m, tok = self.h, self.m, self.m.tokenizer
+        prompts = self._prompt_batch(iteration)
+        enc, out = self.sample(prompts, iteration)
         context = enc["input_ids"].shape[1]
         response = out[:, context:]
         is_eos = response == tok.eos_token_id
@@ -140,11 +164,12 @@ class PPOTrainer:
             scores = torch.tensor([float(s) for s in self.reward_fn(prompts, texts_out)], device=m.device)
         else:
             with autocast(self.precision):
-                scores = m.scores(prompts, texts_out, h.reward_max_length, h.rollout_batch_size)
+                scores = m.scores(prompts, texts_out, has_eos.tolist(), h.reward_max_length, h.rollout_batch_size)
         raw_scores = scores.clone()
         if h.missing_eos_penalty is not None:
             scores = scores - h.missing_eos_penalty * (~has_eos).float()
-        scores = F.clip_and_whiten_scores(scores, h.whiten_rewards, h.reward_clip)
+        if h.reward_clip is not None:
+            scores = scores.clamp(-h.reward_clip, h.reward_clip)
 
         with autocast(self.precision):
             logits = m.response_logits(out, attention, context, h.temperature)
@@ -154,21 +179,18 @@ class PPOTrainer:
             with m.reference():
                 ref_logprobs = gather_logprobs(m.response_logits(out, attention, context, h.temperature), response)
             values = m.values(out, attention, context).float()
-        kl = F.kl_penalty(logprobs, ref_logprobs, h.kl_estimator) * mask
-        rewards = F.token_rewards(scores, kl, self.kl.coef, mask)
-        advantages, returns = F.gae(rewards, values * mask, mask, h.gamma, h.lam)
-        if h.whiten_advantages:
-            advantages = F.masked_whiten(advantages, mask)
-        kl_sum = kl.sum(-1)
+        rewards, advantages, returns = F.rollout_targets(scores, logprobs, ref_logprobs, values, mask, self.kl.coef,
+                                                         h.gamma, h.lam, h.whiten_rewards, h.whiten_advantages)
+        kl_sum = F.sequence_kl(logprobs, ref_logprobs, mask, h.kl_estimator)
         stats = {
             "reward/mean": raw_scores.mean().item(), "reward/std": raw_scores.std().item() if len(raw_scores) > 1 else 0.0,
-            "reward/with_kl_mean": (scores - self.kl.coef * kl_sum).mean().item(),
+            "reward/with_kl_mean": rewards.sum(-1).mean().item(),
             "kl": kl_sum.mean().item(), "kl_coef": self.kl.coef, "entropy": entropy.item(),
             "response_length": mask.sum(-1).mean().item(), "eos_fraction": has_eos.float().mean().item(),
             "explained_variance": F.explained_variance(values, returns, mask),
         }
-        samples = [{"iteration": iteration, "prompt": p[-1]["content"], "response": r, "score": s}
-                   for p, r, s in zip(prompts, texts_out, raw_scores.tolist())]
+        samples = [{"iteration": iteration, "prompt": p[-1]["content"], "response": r, "eos": e, "score": s}
+                   for p, r, e, s in zip(prompts, texts_out, has_eos.tolist(), raw_scores.tolist())]
         return Rollout(out, attention, context, mask, logprobs, values, advantages, returns, stats, samples)
 
     # -- update ------------------------------------------------------------------------------
@@ -183,6 +205,24 @@ class PPOTrainer:
             p.grad = flat[offset:offset + g.numel()].view_as(g).clone()
             offset += g.numel()
 
+    def _together(self, step: Callable[[], Any]) -> Any:
+        """`step()`, raising on every process if it diverged on any one: the others would otherwise
+        wait in the next all-reduce for a process that has stopped."""
+        error, result = None, None
+        try:
+            result = step()
+        except TrainingDivergedError as err:
+            error = err
+        if self.accelerator.num_processes > 1:
+            flag = torch.tensor([float(error is not None)], device=self.m.device)
+            if self.accelerator.reduce(flag, reduction="sum").item() > 0 and error is None:
+                error = TrainingDivergedError(f"node {self.node}: another process diverged at iteration "
+                                              f"{self.iteration + 1} (its error says how); the last checkpoint is "
+                                              "kept, the node is not published")
+        if error is not None:
+            raise error
+        return result
+
     def update(self, r: Rollout) -> Dict[str, float]:
         h = self.h
         n = r.input_ids.shape[0]
@@ -193,10 +233,7 @@ class PPOTrainer:
             order = torch.randperm(n, generator=gen).tolist()
             for start in range(0, n, h.mini_batch_size):
                 minibatch = order[start:start + h.mini_batch_size]
-                for k in range(0, len(minibatch), micro):
-                    idx = minibatch[k:k + micro]
-                    weight = len(idx) / len(minibatch)
-                    stats = self._micro_step(r, idx, weight)
+                for stats in self._together(lambda: self._minibatch(r, minibatch, micro)):
                     for key, value in stats.items():
                         sums.setdefault(key, []).append(value)
                 self._sync_gradients()
@@ -209,6 +246,11 @@ class PPOTrainer:
                                                 f"iteration {self.iteration + 1}; lower stage.ppo.learning_rate "
                                                 "(the last checkpoint is kept, the node is not published)")
         return {k: sum(v) / len(v) for k, v in sums.items()}
+
+    def _minibatch(self, r: Rollout, minibatch: List[int], micro: int) -> List[Dict[str, float]]:
+        """Accumulate a minibatch's gradients over micro-batches of `micro` samples; their stats."""
+        return [self._micro_step(r, minibatch[k:k + micro], len(minibatch[k:k + micro]) / len(minibatch))
+                for k in range(0, len(minibatch), micro)]
 
     def _micro_step(self, r: Rollout, idx: List[int], weight: float) -> Dict[str, float]:
         h, m = self.h, self.m
@@ -236,23 +278,28 @@ class PPOTrainer:
         h = self.h
         self._resume(checkpoint_dir)
         main = self.accelerator.is_main_process
+        if main:  # an earlier attempt logged past its checkpoint (or had none): those rows come again
+            self.rewind_fn(self.iteration)
+            cut_jsonl(samples_path, lambda row: row["iteration"] < self.iteration)
+        collapse = CollapseWatch(self.node, "ppo", h.collapse_patience, tolerance=0.0)
         bar = tqdm(range(self.iteration, h.iterations), desc="ppo", unit="iter", disable=not main)
         for iteration in bar:
             self.iteration = iteration
             start = time.time()
-            rollout = self.rollout(iteration)
+            rollout = self._together(lambda: self.rollout(iteration))
             stats = {**rollout.stats, **self.update(rollout)}
-            if not math.isfinite(stats["reward/mean"]):
-                raise TrainingDivergedError(f"node {self.node}: reward is {stats['reward/mean']} at iteration "
-                                            f"{iteration + 1} (the last checkpoint is kept, the node is not published)")
+            self._together(lambda: self._check_reward(stats["reward/mean"]))
             stats = self._mean_across_processes(stats)
             self.kl.update(stats["kl"], h.rollout_batch_size * self.accelerator.num_processes)
             stats["time/iteration"] = time.time() - start
             stats["episodes"] = (iteration + 1) * h.rollout_batch_size * self.accelerator.num_processes
             self.history.append(stats)
             bar.set_postfix(reward=f"{stats['reward/mean']:.3f}", kl=f"{stats['kl']:.3f}")
+            logged = (iteration + 1) % h.logging_steps == 0 or iteration + 1 == h.iterations
+            if logged:  # stats are the same on every process: all stop together
+                collapse.update(iteration + 1, grad_norm=stats["grad_norm"], learning_rate=h.learning_rate)
             if main:
-                if (iteration + 1) % h.logging_steps == 0 or iteration + 1 == h.iterations:
+                if logged:
                     self.log_fn(stats, iteration + 1)
                 with open(samples_path, "a", encoding="utf-8") as f:
                     for sample in rollout.samples[: h.sample_responses]:
@@ -261,6 +308,11 @@ class PPOTrainer:
             if self.iteration % h.save_steps == 0 and self.iteration < h.iterations:
                 self._save(checkpoint_dir)
         return self.history[-1] if self.history else {}
+
+    def _check_reward(self, reward: float) -> None:
+        if not math.isfinite(reward):
+            raise TrainingDivergedError(f"node {self.node}: reward is {reward} at iteration {self.iteration + 1} "
+                                        "(the last checkpoint is kept, the node is not published)")
 
     def _mean_across_processes(self, stats: Dict[str, float]) -> Dict[str, float]:
         if self.accelerator.num_processes == 1:

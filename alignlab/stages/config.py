@@ -111,17 +111,17 @@ class PPOStageConfig:
     max_prompt_length: int = within(256, ge=1)  # longer prompts are left out (counted in the log)
     max_new_tokens: int = within(64, ge=1)
     temperature: float = within(0.7, gt=0)
-    top_k: int = within(0, ge=0)  # 0: off
-    top_p: float = within(1.0, gt=0, le=1)
+    top_k: int = within(0, ge=0)  # 0 (off) only: PPO samples from the full softmax its log-probs assume
+    top_p: float = within(1.0, gt=0, le=1)  # 1.0 (off) only, as top_k
     missing_eos_penalty: Optional[float] = 1.0  # subtracted from the score of responses without EOS
-    kl_estimator: str = one_of("k1", "k1", "k3")  # k1 (log-ratio) | k3 (non-negative, unbiased)
+    kl_estimator: str = one_of("k1", "k1", "k3")  # the logged `kl` the adaptive controller follows; the penalty is k1
     kl_coef: float = within(0.05, ge=0)  # initial coefficient of the per-token KL penalty
     kl_target: Optional[float] = within(None, gt=0)  # set: adaptive KL controller (Ziegler et al.) toward this KL
     kl_horizon: int = within(10000, ge=1)
     gamma: float = within(1.0, ge=0, le=1)
     lam: float = within(0.95, ge=0, le=1)
     whiten_advantages: bool = True
-    whiten_rewards: bool = False  # whiten the scores over each rollout batch
+    whiten_rewards: bool = False  # whiten the per-token rewards over each rollout batch, mean kept (as trl)
     reward_clip: Optional[float] = within(None, gt=0)  # clamp scores to +-reward_clip
     clip_range: float = within(0.2, gt=0)
     clip_range_value: float = within(0.2, gt=0)
@@ -137,6 +137,7 @@ class PPOStageConfig:
     logging_steps: int = within(1, ge=1)
     save_steps: int = within(10, ge=1)  # checkpoint interval in iterations
     sample_responses: int = within(4, ge=0)  # responses per iteration kept in samples.jsonl
+    collapse_patience: int = within(3, ge=0)  # logging steps of zero gradient norm before the node stops; 0: off
     seed: int = 42
 
 
@@ -150,11 +151,29 @@ def dpo_problems(cfg, name: str, h, checked) -> List[str]:
     return []
 
 
+def ppo_sampling_problems(h, precision: str) -> List[str]:
+    """Settings under which PPO's log-probs or gradients would not be what its updates assume
+    (`precision`: the resolved mixed_precision)."""
+    problems = []
+    for key, off in (("top_k", 0), ("top_p", 1.0)):
+        if h[key] != off:
+            problems.append(f"stage.ppo.{key}={h[key]}: PPO samples from the full softmax at `temperature`, the "
+                            f"distribution its log-probs and KL are computed under; set stage.ppo.{key}={off:g}")
+    if precision == "fp16":
+        setting = "fp16" if h.mixed_precision == "fp16" else f"{h.mixed_precision} (fp16 on this machine)"
+        problems.append(f"stage.ppo.mixed_precision={setting}: PPO does not train in fp16 (it has no loss "
+                        "scaling); set stage.ppo.mixed_precision=no, or bf16 where the hardware has it")
+    return problems
+
+
 def ppo_problems(cfg, name: str, h, checked) -> List[str]:
-    """Preflight of a PPO node: exactly one reward source, a resolvable reward function, enough prompts."""
-    from alignlab.errors import AlignlabError
-    from alignlab.rl import rewards
+    """Preflight of a PPO node: exactly one reward source, a resolvable reward function, enough prompts,
+    sampling and precision its updates can use."""
     from omegaconf import OmegaConf
+
+    from alignlab.errors import AlignlabError
+    from alignlab.models.precision import mixed_precision
+    from alignlab.rl import rewards
 
     problems = []
     if (cfg.pipeline.nodes[name].get("reward") is None) == (not h.reward_fn):
@@ -170,4 +189,4 @@ def ppo_problems(cfg, name: str, h, checked) -> List[str]:
         problems.append(f"pipeline.nodes.{name}: {len(data.train)} training prompt(s) in "
                         f"data.{checked.data_names[name]}, fewer than stage.ppo.rollout_batch_size="
                         f"{h.rollout_batch_size}")
-    return problems
+    return problems + ppo_sampling_problems(h, mixed_precision(h.mixed_precision))

@@ -210,18 +210,21 @@ class StageContext:
         return add_adapter(model, cfg.peft, cfg.quant, gradient_checkpointing=self.hparams.gradient_checkpointing)
 
     def trainer(self, trainer_cls, model, args, held_out: bool = True, token_loss: bool = False,
-                row_format: Callable[[dict], dict] = dict, **kwargs):
-        """A trl trainer over this node's rows (in the form `row_format` gives them), tokenizer,
-        tracking callback and guards (`token_loss`: the loss is next-token cross-entropy, so a
-        collapse to uniform is detectable); the model's dropout off if the stage says so."""
+                prepare: Optional[Callable[[Any, list], list]] = None, **kwargs):
+        """A trl trainer over this node's rows, tokenizer, tracking callback and guards
+        (`token_loss`: the loss is next-token cross-entropy, so a collapse to uniform is detectable;
+        `prepare(tokenizer, rows)`: the rows as the trainer gets them, after `fit_to_length`); the
+        model's dropout off if the stage says so."""
         from datasets import Dataset
 
         from alignlab.models import disable_dropout, load_tokenizer
 
         evaluate = held_out and bool(self.data.eval)
         tokenizer = load_tokenizer(self.cfg.model, self.model_cache)
-        train = [row_format(r) for r in self.fit_to_length(tokenizer, self.data.train, "train")]
-        held = [row_format(r) for r in self.fit_to_length(tokenizer, self.data.eval, "eval")] if evaluate else []
+        train = self.fit_to_length(tokenizer, self.data.train, "train")
+        held = self.fit_to_length(tokenizer, self.data.eval, "eval") if evaluate else []
+        if prepare is not None:
+            train, held = prepare(tokenizer, train), prepare(tokenizer, held)
         if self.hparams.disable_dropout:
             disable_dropout(model)
         return trainer_cls(
@@ -276,6 +279,8 @@ class StageContext:
         `drop_adapters` names helper adapters (e.g. a frozen reference copy) left out of the artifact.
         """
         checkpoint = self.last_checkpoint()
+        if trainer.is_world_process_zero():
+            self.tracker.rewind(self.checkpoint_step(checkpoint))
         recorded = self.work_dir / "train_result.json"
         previous = json.loads(recorded.read_text()) if recorded.is_file() else None
         result = trainer.train(resume_from_checkpoint=checkpoint)

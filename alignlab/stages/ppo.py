@@ -52,7 +52,7 @@ def run(ctx: StageContext) -> Dict[str, float]:
     )
     trainer = PPOTrainer(shared, h, [row["prompt"] for row in ctx.data.train], mixed_precision(h.mixed_precision),
                          reward_fn=rewards.resolve(reward_fn) if reward_fn else None, log_fn=ctx.tracker.log,
-                         node=ctx.node)
+                         node=ctx.node, rewind_fn=ctx.tracker.rewind)
     ctx.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     final = trainer.train(ctx.checkpoint_dir, ctx.work_dir / "samples.jsonl")
     if trainer.accelerator.is_main_process:

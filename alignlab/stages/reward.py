@@ -12,6 +12,7 @@ and every scorer of the artifact subtracts it.
 """
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Dict, List, Sequence
@@ -105,7 +106,19 @@ def build_trainer(ctx: StageContext):
         disable_dropout=h.disable_dropout,
     )
     # held-out pairs are scored once, by `evaluate` below, not by the trainer
-    return ctx.trainer(RewardTrainer, model, args, held_out=False)
+    return ctx.trainer(RewardTrainer, model, args, held_out=False,
+                       prepare=functools.partial(tokenized_pairs, max_length=h.max_length))
+
+
+def tokenized_pairs(tokenizer, rows: Sequence[dict], max_length: int) -> List[dict]:
+    """Preference rows as the token ids trl's RewardTrainer would make of them, each side cut to
+    its last `max_length` tokens: trl drops longer pairs; alignlab truncates them (`on_too_long:
+    truncate`) keeping the response end, where the score is read, as RewardScorer does."""
+    def ids(messages: list) -> List[int]:
+        return tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"][-max_length:]
+
+    return [{"chosen_ids": ids(r["prompt"] + r["chosen"]), "rejected_ids": ids(r["prompt"] + r["rejected"])}
+            for r in rows]
 
 
 def run(ctx: StageContext) -> Dict[str, float]:

@@ -30,14 +30,13 @@ def build_trainer(ctx: StageContext):
         packing=h.packing,
         dataset_num_proc=None,
     )
-    row_format = _prompt_completion if h.loss_scope == "completion" else dict
-    return ctx.trainer(SFTTrainer, model, args, token_loss=True, row_format=row_format)
+    prepare = _prompt_completion if h.loss_scope == "completion" else None
+    return ctx.trainer(SFTTrainer, model, args, token_loss=True, prepare=prepare)
 
 
-def _prompt_completion(row: dict) -> dict:
-    """A conversation as trl's conversational prompt-completion row: the final reply is the completion."""
-    messages = row["messages"]
-    return {"prompt": messages[:-1], "completion": messages[-1:]}
+def _prompt_completion(tokenizer, rows: list) -> list:
+    """Conversations as trl's conversational prompt-completion rows: the final reply is the completion."""
+    return [{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows]
 
 
 def run(ctx: StageContext) -> Dict[str, float]:
