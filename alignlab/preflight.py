@@ -35,6 +35,7 @@ class Checked:
     order: List[str] = field(default_factory=list)
     data: Dict[str, Any] = field(default_factory=dict)  # node -> LoadedData
     data_names: Dict[str, str] = field(default_factory=dict)  # node -> key into cfg.data
+    overlap: Dict[str, int] = field(default_factory=dict)  # node -> held-out prompts trained upstream
     comparisons: Optional[List[Tuple[str, str]]] = None  # None: defaults, decided when nodes finish
 
 
@@ -189,6 +190,22 @@ def _data_problems(cfg: DictConfig, checked: Checked, data_home: Optional[str]) 
     return problems
 
 
+def ancestors(nodes: DictConfig, name: str) -> set:
+    """Every node upstream of `name`, at any depth."""
+    ups = {nodes[name][role] for role in UPSTREAM_ROLES if nodes[name].get(role) is not None}
+    return ups.union(*(ancestors(nodes, up) for up in ups))
+
+
+def held_out_overlap(cfg: DictConfig, checked: Checked) -> Dict[str, int]:
+    """Per node: its held-out prompts that are training prompts of an upstream node (a leak; 0 when
+    every dataset is split with the same seed and no downstream dataset holds out a larger fraction)."""
+    from alignlab.data.selection import overlap
+
+    return {name: overlap(checked.data[name].eval,
+                          [checked.data[up].train for up in sorted(ancestors(cfg.pipeline.nodes, name))])
+            for name in checked.order}
+
+
 def _ppo_problems(cfg: DictConfig, checked: Checked) -> List[str]:
     from alignlab.rl import rewards
 
@@ -303,6 +320,7 @@ def preflight(cfg: DictConfig) -> Checked:
     if problems:
         head = f"{len(problems)} problems in the config:\n  " if len(problems) > 1 else ""
         raise ConfigError(head + "\n  ".join(problems))
+    checked.overlap = held_out_overlap(cfg, checked)
     return checked
 
 
@@ -322,7 +340,8 @@ def describe_plan(cfg: DictConfig, checked: Checked) -> str:
         ups = ", ".join(f"{role}={art.node}" for role, art in upstream.items()) or "base model"
         lines.append(f"  {i}. {name} ({node.stage}) key {key[:16]}: {'cached' if is_complete(path) else 'to train'}; "
                      f"from {ups}; data.{checked.data_names[name]} {data.report['train']} train / "
-                     f"{data.report['eval']} eval rows")
+                     f"{data.report['eval']} eval rows"
+                     + (f"; {checked.overlap[name]} held-out prompt(s) trained upstream" if checked.overlap[name] else ""))
     e = cfg.eval
     lines.append(f"  forgetting: {', '.join(e.tasks)} (limit {e.limit}, gate {e.gate}) on the base and every "
                  "generative node" if e.enabled else "  forgetting: off")
