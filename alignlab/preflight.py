@@ -244,6 +244,8 @@ def task_problems(eval_cfg: DictConfig) -> List[str]:
         problems.append(f"eval.mmlu_subjects: unknown subject(s) {', '.join(unknown)}")
     if MMLU_GROUP not in eval_cfg.tasks and eval_cfg.mmlu_subjects:
         problems.append(f"eval.mmlu_subjects is set but eval.tasks has no {MMLU_GROUP}")
+    problems += [f"eval.metrics.{task}: '{task}' is not in eval.tasks ({', '.join(eval_cfg.tasks)})"
+                 for task in eval_cfg.metrics if task not in eval_cfg.tasks]
     include = [str(TASKS_DIR)] + [str(Path(p).expanduser()) for p in eval_cfg.include_paths if Path(p).expanduser().is_dir()]
     names = list(eval_cfg.tasks)
     known = set(TaskManager(include_path=include, include_defaults=False).all_tasks)
