@@ -1,4 +1,4 @@
-"""Run lm-eval benchmarks on an in-memory model and keep the scores (and per-item scores) forgetting checks compare."""
+"""Run lm-eval on an in-memory model and keep the scores, and per-item scores, that forgetting checks compare."""
 from __future__ import annotations
 
 import json
