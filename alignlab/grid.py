@@ -36,8 +36,8 @@ def summary_row(summary: Dict[str, Any]) -> Dict[str, Any]:
         row["forgetting/violations"] = len(forgetting.get("violations", []))
     for name, node in forgetting.get("nodes", {}).items():
         for d in node.get("deltas", []):
-            if d["metric"] == "acc" and d["vs_base"] is not None:
-                row[f"{name}/{d['task'].replace('alignlab_', '')} Δbase"] = d["vs_base"]
+            if d["gated"]:
+                row[f"{name}/{d['task'].replace('alignlab_', '')} Δbase"] = d["vs_base"]["delta"]
     for key, c in ((summary.get("judge") or {}).get("comparisons") or {}).items():
         row[f"judge {key} win_rate"] = c.get("win_rate")
     return row

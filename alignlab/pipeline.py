@@ -213,7 +213,7 @@ class Pipeline:
             "stage": node.stage,
             "key": key,
             "upstream": {role: art.node for role, art in upstream.items()},
-            "data": {"name": data_name, **data.report},
+            "data": {"name": data_name, **data.report, "overlap": self.checked.overlap[name]},
         }
         self.summary["nodes"][name] = entry
         final = cache_entry(self.cache_dir, node.stage, key)

@@ -36,6 +36,7 @@ class Checked:
     hparams: Dict[str, Any] = field(default_factory=dict)  # node -> stage.<kind> with its own hparams merged
     data: Dict[str, Any] = field(default_factory=dict)  # node -> LoadedData
     data_names: Dict[str, str] = field(default_factory=dict)  # node -> key into cfg.data
+    overlap: Dict[str, int] = field(default_factory=dict)  # node -> held-out prompts trained upstream
     comparisons: Optional[List[Tuple[str, str]]] = None  # None: defaults, decided when nodes finish
 
 
@@ -213,6 +214,22 @@ def _data_problems(cfg: DictConfig, checked: Checked, data_home: Optional[str]) 
     return problems
 
 
+def ancestors(nodes: DictConfig, name: str) -> set:
+    """Every node upstream of `name`, at any depth."""
+    ups = {nodes[name][role] for role in UPSTREAM_ROLES if nodes[name].get(role) is not None}
+    return ups.union(*(ancestors(nodes, up) for up in ups))
+
+
+def held_out_overlap(cfg: DictConfig, checked: Checked) -> Dict[str, int]:
+    """Per node: its held-out prompts that are training prompts of an upstream node (a leak; 0 when
+    every dataset is split with the same seed and no downstream dataset holds out a larger fraction)."""
+    from alignlab.data.selection import overlap
+
+    return {name: overlap(checked.data[name].eval,
+                          [checked.data[up].train for up in sorted(ancestors(cfg.pipeline.nodes, name))])
+            for name in checked.order}
+
+
 def task_problems(eval_cfg: DictConfig) -> List[str]:
     """Task names resolved with lm-eval's TaskManager: the bundled tasks and include_paths first,
     lm-eval's own tasks (a slower index) only for names not found there."""
@@ -227,6 +244,8 @@ def task_problems(eval_cfg: DictConfig) -> List[str]:
         problems.append(f"eval.mmlu_subjects: unknown subject(s) {', '.join(unknown)}")
     if MMLU_GROUP not in eval_cfg.tasks and eval_cfg.mmlu_subjects:
         problems.append(f"eval.mmlu_subjects is set but eval.tasks has no {MMLU_GROUP}")
+    problems += [f"eval.metrics.{task}: '{task}' is not in eval.tasks ({', '.join(eval_cfg.tasks)})"
+                 for task in eval_cfg.metrics if task not in eval_cfg.tasks]
     include = [str(TASKS_DIR)] + [str(Path(p).expanduser()) for p in eval_cfg.include_paths if Path(p).expanduser().is_dir()]
     names = list(eval_cfg.tasks)
     known = set(TaskManager(include_path=include, include_defaults=False).all_tasks)
@@ -306,6 +325,7 @@ def preflight(cfg: DictConfig) -> Checked:
     if problems:
         head = f"{len(problems)} problems in the config:\n  " if len(problems) > 1 else ""
         raise ConfigError(head + "\n  ".join(problems))
+    checked.overlap = held_out_overlap(cfg, checked)
     return checked
 
 
@@ -325,7 +345,8 @@ def describe_plan(cfg: DictConfig, checked: Checked) -> str:
         ups = ", ".join(f"{role}={art.node}" for role, art in upstream.items()) or "base model"
         lines.append(f"  {i}. {name} ({node.stage}) key {key[:16]}: {'cached' if is_complete(path) else 'to train'}; "
                      f"from {ups}; data.{checked.data_names[name]} {data.report['train']} train / "
-                     f"{data.report['eval']} eval rows")
+                     f"{data.report['eval']} eval rows"
+                     + (f"; {checked.overlap[name]} held-out prompt(s) trained upstream" if checked.overlap[name] else ""))
     e = cfg.eval
     lines.append(f"  forgetting: {', '.join(e.tasks)} (limit {e.limit}, gate {e.gate}) on the base and every "
                  "generative node" if e.enabled else "  forgetting: off")

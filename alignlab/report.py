@@ -18,6 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from alignlab.eval.gate import stderr_key  # noqa: E402
 from alignlab.stages import REGISTRY, headline  # noqa: E402
 
 Block = Tuple[str, Any]  # ("p", text) | ("table", (header, rows)) | ("img", path) | ("pre", text)
@@ -79,41 +80,51 @@ def _nodes_section(summary: dict, plots: Path) -> List[Block]:
     return blocks
 
 
+def _delta(d: dict | None) -> str:
+    """`-14.0 ± 6.1` (points ± the interval's half width), or the delta alone below two items."""
+    if d is None:
+        return ""
+    return f"{d['delta']:+.1f}" + ("" if d["hi"] is None else f" ± {d['hi'] - d['delta']:.1f}")
+
+
 def _forgetting_section(section: dict, plots: Path) -> List[Block]:
     if not section or not section.get("base"):
         return [("p", "Forgetting checks were off.")]
-    models = {"base": section["base"], **{n: v["scores"] for n, v in section["nodes"].items()}}
-    header = ["task", "metric", "base"] + [f"{n} (Δbase / Δparent)" for n in section["nodes"]]
+    primary, nodes = section["metrics"], section["nodes"]
+    header = ["task", "metric", "base"] + [f"{n}: score (Δbase / Δparent), n" for n in nodes]
     rows = []
-    for task, metrics in section["base"].items():
-        for metric, value in metrics.items():
-            if "_stderr" in metric:
+    for task, p in primary.items():
+        metric, scores = p["metric"], section["base"][task]
+        stderr = scores.get(stderr_key(metric))
+        label = task if p["gated"] else f"· {task} (shown, not gated)"
+        row = [label, metric + ("" if p["higher_is_better"] else " (lower is better)"),
+               f"{scores[metric]:.3f}" + (f" ± {stderr:.3f}" if stderr else "")]
+        for node in nodes.values():
+            d = next((d for d in node["deltas"] if d["task"] == task), None)
+            if d is None:
+                row.append("")
                 continue
-            stderr = metrics.get(f"{metric}_stderr")
-            row = [task, metric, f"{value:.3f}" + (f" ± {stderr:.3f}" if stderr else "")]
-            for name, node in section["nodes"].items():
-                d = next((d for d in node["deltas"] if d["task"] == task and d["metric"] == metric), None)
-                if d is None:
-                    row.append("")
-                    continue
-                parent = "" if d["vs_parent"] is None else f" / {d['vs_parent']:+.1f}"
-                err = node["scores"][task].get(f"{metric}_stderr")
-                row.append(f"{d['node']:.3f}" + (f" ± {err:.3f}" if err else "") + f" ({d['vs_base']:+.1f}{parent})")
-            rows.append(row)
+            parent = "" if d["vs_parent"] is None else f" / {_delta(d['vs_parent'])}"
+            row.append(f"{d['node']:.3f} ({_delta(d['vs_base'])}{parent}), n {d['vs_base']['n']}")
+        rows.append(row)
     violations = section.get("violations", [])
-    gate = (f"Gate ({section['gate']}, max drop {section['max_drop']} points): "
+    gate = (f"Gate ({section['gate']}, max drop {section['max_drop']} points, and the interval must exclude 0): "
             + ("passed." if not violations else f"{len(violations)} violation(s): " + "; ".join(
-                f"{v['node']} {v['task']} {v['metric']} {v['before']:.3f} -> {v['after']:.3f} ({v['delta']:+.1f})"
+                f"{v['node']} {v['task']} {v['metric']} {v['before']:.3f} -> {v['after']:.3f} "
+                f"({v['delta']:+.1f} [{v['lo']:+.1f}, {v['hi']:+.1f}], n {v['n']})"
                 for v in violations)))
-    blocks: List[Block] = [("p", f"Tasks {', '.join(section['tasks'])}; limit {section['limit']} items; "
-                                 "deltas in percentage points."), ("table", (header, rows)), ("p", gate)]
-    tasks = list(section["base"])
+    blocks: List[Block] = [("p", f"Tasks {', '.join(section['tasks'])}; limit {section['limit']} items. Deltas in "
+                                 f"points from paired per-item differences, ± the {section['confidence']:.0%} "
+                                 "interval's half width; n items."),
+                           ("table", (header, rows)), ("p", gate)]
+    tasks = [t for t, p in primary.items() if p["gated"]]
+    models = {"base": section["base"], **{n: v["scores"] for n, v in nodes.items()}}
     fig, ax = plt.subplots(figsize=(max(4, 1.6 * len(tasks)), 2.8))
     width = 0.8 / len(models)
     for k, (name, scores) in enumerate(models.items()):
-        metric = [next(m for m in scores[t] if "_stderr" not in m) for t in tasks]
-        values = [scores[t][m] for t, m in zip(tasks, metric)]
-        errors = [scores[t].get(f"{m}_stderr") or 0 for t, m in zip(tasks, metric)]
+        metrics = [primary[t]["metric"] for t in tasks]
+        values = [scores[t][m] for t, m in zip(tasks, metrics)]
+        errors = [scores[t].get(stderr_key(m)) or 0 for t, m in zip(tasks, metrics)]
         ax.bar([i + k * width for i in range(len(tasks))], values, width, yerr=errors, label=name, capsize=2)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(tasks))], [t.replace("alignlab_", "") for t in tasks], fontsize=8)
     ax.set_ylabel("score")

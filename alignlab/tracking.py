@@ -13,6 +13,8 @@ from typing import Any, Callable, Dict, Optional
 
 from transformers import TrainerCallback
 
+from alignlab.eval.gate import stderr_key
+
 _SECRET = re.compile(
     r"(api[_-]?key|secret|password|passwd|credential|auth|^token$|access[_-]?token|hub[_-]?token)", re.IGNORECASE
 )
@@ -119,21 +121,21 @@ class NodeTracker:
 
 
 def comparison_tables(summary: Dict[str, Any]) -> Dict[str, tuple]:
-    """(columns, rows) of the forgetting and judge results, one row per (model, task, metric) / comparison."""
+    """(columns, rows) of the forgetting and judge results, one row per (model, task) / comparison."""
     tables: Dict[str, tuple] = {}
     forgetting = summary.get("forgetting") or {}
     if forgetting.get("base"):
         rows = []
         models = {"base": (forgetting["base"], None), **{n: (v["scores"], v) for n, v in forgetting["nodes"].items()}}
         for model, (scores, node) in models.items():
-            for task, metrics in scores.items():
-                for metric, value in metrics.items():
-                    if "_stderr" in metric:
-                        continue
-                    d = next((d for d in (node or {}).get("deltas", []) if d["task"] == task and d["metric"] == metric), {})
-                    rows.append([model, task, metric, value, metrics.get(f"{metric}_stderr"),
-                                 d.get("vs_base"), d.get("vs_parent")])
-        tables["forgetting"] = (["model", "task", "metric", "score", "stderr", "vs_base_points", "vs_parent_points"], rows)
+            for task, p in forgetting["metrics"].items():
+                d = next((d for d in (node or {}).get("deltas", []) if d["task"] == task), None)
+                base, parent = (d["vs_base"], d["vs_parent"] or {}) if d else ({}, {})
+                rows.append([model, task, p["metric"], p["gated"], scores[task].get(p["metric"]),
+                             scores[task].get(stderr_key(p["metric"])), base.get("delta"), base.get("lo"),
+                             base.get("hi"), base.get("n"), parent.get("delta")])
+        tables["forgetting"] = (["model", "task", "metric", "gated", "score", "stderr", "vs_base_points",
+                                 "vs_base_ci_low", "vs_base_ci_high", "n", "vs_parent_points"], rows)
     judge = summary.get("judge") or {}
     if judge.get("comparisons"):
         rows = [[c["a"], c["b"], c["win"], c["tie"], c["loss"], c["unparseable"], c["win_rate"],

@@ -171,6 +171,54 @@ def test_split_is_deterministic_disjoint_and_stable(home, tmp_path):
     assert small.eval and keys(small.eval) <= keys(big.eval) and keys(small.train) <= keys(big.train)
 
 
+def test_pairs_sharing_a_prompt_land_on_the_same_side_in_every_kind(home, tmp_path):
+    from alignlab.data.selection import prompt_key
+
+    def sides(*datasets):
+        found = {}
+        for data in datasets:
+            for side, rows in (("train", data.train), ("eval", data.eval)):
+                for row in rows:
+                    found.setdefault(prompt_key(row), set()).add(side)
+        return found
+
+    oasst = load("oasst_en_100", "preference", home, eval_fraction=0.3)  # ranked sibling replies share a prompt
+    by_prompt = sides(oasst)
+    assert len(by_prompt) < len(oasst.train + oasst.eval)  # prompts with several pairs exist
+    assert all(len(s) == 1 for s in by_prompt.values()) and {"train", "eval"} == set().union(*by_prompt.values())
+
+    # the same prompts, whitespace and case varied, as sft rows and as preference pairs
+    sft = [{"instruction": f"  Question\n{i}?", "output": f"answer {i}"} for i in range(120)]
+    asked = lambda i, j: {"role": "user", "content": (f"QUESTION {i}? ", f"question  {i}?")[j]}  # noqa: E731
+    pairs = [{"chosen": [asked(i, j), {"role": "assistant", "content": f"yes {i}"}],
+              "rejected": [asked(i, j), {"role": "assistant", "content": f"no {j}"}]}
+             for i in range(120) for j in range(2)]
+    a = load(write_jsonl(tmp_path / "sft.jsonl", sft), "sft", format="alpaca", eval_fraction=0.25)
+    b = load(write_jsonl(tmp_path / "pairs.jsonl", pairs), "preference", format="messages", eval_fraction=0.25)
+    by_prompt = sides(a, b)
+    assert len(by_prompt) == 120 and all(len(s) == 1 for s in by_prompt.values())
+    assert 2 * len(a.eval) == len(b.eval) > 0
+
+
+def _overlap(compose, *overrides):
+    from alignlab.preflight import preflight
+
+    checked = preflight(compose("experiment=paper/dpo_hh_mini", *overrides))
+    return checked.overlap, checked.data
+
+
+def test_dpo_hh_mini_holds_out_no_prompt_its_sft_node_trained_on(compose):
+    overlap, data = _overlap(compose)
+    assert overlap == {"sft": 0, "dpo": 0} and len(data["dpo"].eval) == 4
+    # without the row limits: every held-out pair of the DPO node, against every SFT training row
+    overlap, data = _overlap(compose, "data.sft.max_train_rows=null", "data.preference.max_eval_rows=null")
+    assert overlap == {"sft": 0, "dpo": 0} and len(data["dpo"].eval) > 80 and len(data["sft"].train) > 800
+    # a larger held-out fraction downstream leaks, and is counted
+    overlap, data = _overlap(compose, "data.sft.max_train_rows=null", "data.preference.max_eval_rows=null",
+                             "data.preference.eval_fraction=0.3")
+    assert 0 < overlap["dpo"] < len(data["dpo"].eval) and overlap["sft"] == 0
+
+
 def test_dedup_and_limits(tmp_path):
     records = alpaca_rows(30) + alpaca_rows(5) + [{"instruction": "long", "output": "x" * 500}]
     path = write_jsonl(tmp_path / "d.jsonl", records)

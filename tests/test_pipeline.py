@@ -49,17 +49,30 @@ def test_forgetting_checks_base_and_node_into_summary(compose, tmp_path):
     summary = run(compose(*TINY_SFT, *TINY_EVAL, "stage.sft.max_steps=2"))
     section = summary["forgetting"]
     assert section["tasks"] == ["alignlab_piqa"] and 0.0 <= section["base"]["alignlab_piqa"]["acc"] <= 1.0
-    node = section["nodes"]["sft"]
-    row = next(r for r in node["deltas"] if r["metric"] == "acc")
-    assert row["vs_base"] == pytest.approx(100 * (row["node"] - row["base"]))
+    assert section["metrics"] == {"alignlab_piqa": {"metric": "acc", "higher_is_better": True, "gated": True}}
+    [row] = section["nodes"]["sft"]["deltas"]
+    assert row["vs_base"]["delta"] == pytest.approx(100 * (row["node"] - row["base"]))
+    assert row["vs_base"]["n"] == 4 and row["vs_base"]["lo"] <= row["vs_base"]["delta"] <= row["vs_base"]["hi"]
+    assert summary["nodes"]["sft"]["data"]["overlap"] == 0
     assert list((tmp_path / "cache" / "forgetting").glob("*.json"))  # lm-eval results JSON, cached
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "interval's half width; n items" in report and ", n 4 |" in report
 
 
-def test_forgetting_gate_fails_the_pipeline_naming_node_and_task(compose, tmp_path):
-    # max_drop -100 points: any score counts as a drop beyond the limit (a synthetic regression)
-    cfg = compose(*TINY_SFT, *TINY_EVAL, "stage.sft.max_steps=2", "eval.gate=fail", "eval.max_drop={default: -100}")
-    with pytest.raises(ForgettingGateError, match=r"node 'sft' forgot on alignlab_piqa: acc"):
+def test_a_damaged_node_fails_the_forgetting_gate_naming_node_task_delta_and_interval(compose, tmp_path):
+    # SmolLM2 (the random tiny model scores at chance: nothing to lose) after two SFT steps at a
+    # destructive learning rate; the collapse guard, which would stop the node first, is off
+    cfg = compose(*TINY_SFT, "model=smollm2", "stage.sft.max_steps=2", "stage.sft.learning_rate=0.2",
+                  "stage.sft.collapse_patience=0", "eval=forgetting_quick", "eval.tasks=[alignlab_arc_easy]",
+                  "eval.limit=60", "eval.bootstrap_iters=0", "eval.gate=fail", "eval.max_drop={default: 10}")
+    with pytest.raises(ForgettingGateError, match=r"node 'sft' forgot on alignlab_arc_easy: acc 0\.\d{4} -> 0\.\d{4} "
+                                                  r"\(-\d+\.\d\d points, 95% CI \[-\d+\.\d\d, -\d+\.\d\d\], n=60; "
+                                                  r"max drop 10\)"):
         run(cfg)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["nodes"]["sft"]["status"] == "trained"
-    assert summary["forgetting"]["nodes"]["sft"]["scores"]["alignlab_piqa"]
+    assert "ForgettingGateError: node 'sft' forgot on alignlab_arc_easy" in summary["error"]
+    [row] = summary["forgetting"]["nodes"]["sft"]["deltas"]
+    assert row["vs_base"]["delta"] < -10 and row["vs_base"]["hi"] < 0 and row["vs_base"]["n"] == 60
+    [violation] = summary["forgetting"]["violations"]
+    assert (violation["node"], violation["task"], violation["delta"]) == ("sft", "alignlab_arc_easy", row["vs_base"]["delta"])

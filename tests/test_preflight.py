@@ -78,6 +78,9 @@ CASES = {
     "lm-eval task typo": ((*EVAL, "eval.tasks=[hellaswagg]"), r"eval\.tasks: unknown lm-eval task 'hellaswagg'; close: .*hellaswag"),
     "mmlu subject": ((*EVAL, "eval.tasks=[alignlab_mmlu]", "eval.mmlu_subjects=[astronomyy]"),
                      r"eval\.mmlu_subjects: unknown subject\(s\) astronomyy"),
+    "gated metric of another task": ((*EVAL, "+eval.metrics.alignlab_arc_eazy=acc"),
+                                     r"eval\.metrics\.alignlab_arc_eazy: 'alignlab_arc_eazy' is not in eval\.tasks"),
+    "confidence 1": ((*EVAL, "eval.confidence=1.0"), r"eval\.confidence: 1\.0 is out of range; it must be > 0 and < 1"),
     # judge
     "judge unknown node": ((*JUDGE, "judge.comparisons=[sft:dpo]"),
                            r"judge\.comparisons: 'sft:dpo': no generative node or base named 'dpo' \(have: base, sft\)"),

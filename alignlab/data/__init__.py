@@ -2,8 +2,8 @@
 
 `load_data(cfg, kind)` reads the source, keeps raw records matching `include`/`exclude`,
 parses them (`formats.py`), drops or rejects bad rows (`rows.check_row`), removes duplicates
-and over-long rows, splits train/eval by a salted hash of each row and truncates to the row
-limits. Every dropped row is counted in `LoadedData.report` and logged on "alignlab.data".
+and over-long rows, splits train/eval by a salted hash of each row's prompt (its first user
+turn, normalised: `selection.prompt_key`) and truncates to the row limits. Every dropped row is counted in `LoadedData.report` and logged on "alignlab.data".
 Rows hold only canonical keys, ready for trl trainers.
 """
 from __future__ import annotations

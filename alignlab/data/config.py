@@ -26,8 +26,8 @@ class DataConfig:
     dedup: bool = True  # drop rows whose canonical content repeats
     min_chars: int = within(1, ge=0)  # every message/response must have at least this many characters
     max_chars: Optional[int] = within(None, ge=1)  # drop rows whose total text is longer
-    eval_fraction: float = within(0.05, ge=0, lt=1)  # hash-based held-out fraction
-    split_seed: int = 0  # salt of the split hash
+    eval_fraction: float = within(0.05, ge=0, lt=1)  # held-out fraction, by a hash of each row's prompt
+    split_seed: int = 0  # salt of the split hash (keep it equal across a run's datasets)
     max_train_rows: Optional[int] = within(None, ge=1)
     max_eval_rows: Optional[int] = within(None, ge=0)
     hub_split: str = "train"

@@ -1,4 +1,4 @@
-"""Record filters, deduplication, length limit and the deterministic hash split."""
+"""Record filters, deduplication, length limit and the deterministic split by prompt."""
 from __future__ import annotations
 
 import hashlib
@@ -18,10 +18,28 @@ def keep_record(record: dict, include: dict[str, set[str]], exclude: dict[str, s
             and not any(k in record and str(record[k]) in vals for k, vals in exclude.items()))
 
 
+def prompt_key(row: dict) -> str:
+    """A row's normalised prompt: its first user turn, whitespace folded and casefolded.
+
+    The same for every row kind (sft, preference, prompt), so rows of any dataset that share a
+    prompt share a key.
+    """
+    conversation = row["messages"] if "messages" in row else row["prompt"]
+    first = next(m["content"] for m in conversation if m["role"] == "user")
+    return " ".join(first.split()).casefold()
+
+
 def in_eval(row: dict, eval_fraction: float, split_seed: int) -> bool:
-    """A row is held out iff its salted hash falls below `eval_fraction` (independent of other rows)."""
-    digest = hashlib.sha256(f"{split_seed}:{canonical_json(row)}".encode()).hexdigest()
+    """A row is held out iff the salted hash of its `prompt_key` falls below `eval_fraction`:
+    rows sharing a prompt land on the same side, in every dataset split with the same seed."""
+    digest = hashlib.sha256(f"{split_seed}:{prompt_key(row)}".encode()).hexdigest()
     return int(digest, 16) / 2**256 < eval_fraction
+
+
+def overlap(held_out: list[dict], trained: list[list[dict]]) -> int:
+    """How many distinct prompts of `held_out` rows are prompts of rows in any of the `trained` lists."""
+    seen = {prompt_key(row) for rows in trained for row in rows}
+    return len({prompt_key(row) for row in held_out} & seen)
 
 
 def drop_duplicates(rows: list[tuple[int, dict]]) -> tuple[list, list[int]]:

@@ -1,8 +1,10 @@
 """Forgetting checks inside a pipeline run: the base model once, then every generative node,
-each compared with the base and with its parent node, and gated on `max_drop`.
+each compared item by item with the base and with its parent node, and gated on `max_drop` and
+the delta's confidence interval.
 
-Scores are cached next to the stage cache (`<cache>/forgetting/<key>.json`, lm-eval's results
-JSON), keyed by what was evaluated (base model config or node key) and the eval config.
+Results are cached next to the stage cache (`<cache>/forgetting/<key>.json`, lm-eval's results
+JSON with per-item scores), keyed by what was evaluated (base model config or node key) and the
+eval settings that change scores.
 """
 from __future__ import annotations
 
@@ -15,8 +17,9 @@ from typing import Any, Dict, Optional
 from omegaconf import OmegaConf
 
 from alignlab.eval.forgetting import compact_scores, evaluate_model
-from alignlab.eval.gate import check_gate, deltas
+from alignlab.eval.gate import ForgettingGateError, check_gate, deltas, primary_metrics
 
+RESULTS_FORMAT = 2  # 2: with per-item scores
 
 
 class ForgettingChecks:
@@ -27,42 +30,48 @@ class ForgettingChecks:
         self.eval_cfg = cfg.eval
         self.dir = cache_dir / "forgetting"
         self.data_home = data_home
-        self.scores: Dict[str, Dict[str, Any]] = {}
+        self.results: Dict[str, Dict[str, Any]] = {}
+        self.primary: Dict[str, dict] = {}
         e = OmegaConf.to_container(cfg.eval, resolve=True)
         self.section: Dict[str, Any] = {
-            "tasks": e["tasks"], "limit": e["limit"], "num_fewshot": e["num_fewshot"],
-            "max_drop": e["max_drop"], "gate": e["gate"], "base": None, "nodes": {}, "violations": [],
+            "tasks": e["tasks"], "limit": e["limit"], "num_fewshot": e["num_fewshot"], "max_drop": e["max_drop"],
+            "gate": e["gate"], "confidence": e["confidence"], "metrics": {}, "base": None, "nodes": {},
+            "violations": [],
         }
 
     def _evaluate(self, identity: Dict[str, Any], load) -> Dict[str, Any]:
         settings = OmegaConf.to_container(self.eval_cfg, resolve=True)
-        for judged_later in ("gate", "max_drop", "enabled"):  # they do not change the scores
+        for judged_later in ("gate", "max_drop", "enabled", "metrics", "confidence"):  # they do not change scores
             settings.pop(judged_later)
-        payload = {"what": identity, "eval": settings}
+        payload = {"what": identity, "eval": settings, "format": RESULTS_FORMAT}
         key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
         path = self.dir / f"{key}.json"
         if path.is_file():
-            return compact_scores(json.loads(path.read_text()))
+            return json.loads(path.read_text())
         model, tokenizer = load()
         tmp = path.with_name(f"{key}.tmp-{os.getpid()}.json")
-        scores = evaluate_model(model, tokenizer, self.eval_cfg, self.data_home, tmp)
+        results = evaluate_model(model, tokenizer, self.eval_cfg, self.data_home, tmp)
         os.replace(tmp, path)
-        return scores
+        return results
 
     def base(self, identity: Dict[str, Any], load) -> None:
         """`identity` names the base model; `load()` gives (model, tokenizer) on a cache miss."""
-        self.scores["base"] = self._evaluate(identity, load)
-        self.section["base"] = self.scores["base"]
+        self.results["base"] = self._evaluate(identity, load)
+        self.primary = primary_metrics(self.results["base"], dict(self.eval_cfg.metrics))
+        self.section["base"] = compact_scores(self.results["base"])
+        self.section["metrics"] = self.primary
 
     def node(self, name: str, identity: Dict[str, Any], load, parent: Optional[str]) -> None:
-        """Evaluate a finished node, tabulate deltas, and apply the gate (fail mode raises)."""
-        scores = self._evaluate(identity, load)
-        self.scores[name] = scores
-        parent_scores = self.scores.get(parent) if parent else None
-        self.section["nodes"][name] = {
-            "scores": scores,
-            "parent": parent,
-            "deltas": deltas(self.scores["base"], scores, parent_scores),
-        }
-        violations = check_gate(name, scores, self.scores["base"], dict(self.eval_cfg.max_drop), self.eval_cfg.gate)
+        """Evaluate a finished node, tabulate paired deltas, and apply the gate (fail mode raises)."""
+        results = self._evaluate(identity, load)
+        self.results[name] = results
+        rows = deltas(self.results["base"], results, self.results.get(parent) if parent else None, self.primary,
+                      self.eval_cfg.confidence)
+        self.section["nodes"][name] = {"scores": compact_scores(results), "parent": parent, "deltas": rows}
+        try:
+            violations = check_gate(name, rows, dict(self.eval_cfg.max_drop), self.eval_cfg.gate,
+                                    self.eval_cfg.confidence)
+        except ForgettingGateError as err:
+            self.section["violations"].extend(err.violations)
+            raise
         self.section["violations"].extend(violations)

@@ -9,12 +9,16 @@ from alignlab.schema import one_of, within
 
 @dataclass
 class ForgettingConfig:
-    """Benchmarks run on each node's model and compared with the base and the parent node.
+    """Benchmarks run on each node's model and compared, item by item, with the base and the parent node.
 
     `tasks` are bundled mirror tasks (`alignlab_*`, see alignlab/eval/tasks) or any task, group
-    or tag lm-eval knows (those read the Hugging Face hub). `max_drop` maps a task to the largest
-    allowed drop in absolute percentage points (acc 0.55 -> 0.50 is 5 points); key `default`
-    covers tasks not listed. `gate`: warn (log violations) or fail (stop the pipeline).
+    or tag lm-eval knows (those read the Hugging Face hub). A group (alignlab_mmlu) is gated as
+    one score; its subtasks are shown, not gated. `metrics` picks each task's one gated metric
+    (`acc`, `exact_match,strict-match`; default: lm-eval's first for the task). `max_drop` maps a
+    task to the largest allowed drop in points (acc 0.55 -> 0.50 is 5 points); key `default`
+    covers tasks not listed. A node violates the gate when it drops by more than that AND the
+    `confidence` interval of its paired delta excludes zero. `gate`: warn (log violations) or
+    fail (stop the pipeline).
     """
 
     enabled: bool = True
@@ -26,5 +30,7 @@ class ForgettingConfig:
     bootstrap_iters: int = within(1000, ge=0)  # for stderrs that need bootstrapping; 0 disables stderrs
     mmlu_subjects: List[str] = field(default_factory=list)  # subjects of alignlab_mmlu; empty: all 57
     include_paths: List[str] = field(default_factory=list)  # extra lm-eval task directories
+    metrics: Dict[str, str] = field(default_factory=dict)  # task -> gated metric; unset: lm-eval's first
     max_drop: Dict[str, float] = field(default_factory=lambda: {"default": 5.0})
+    confidence: float = within(0.95, gt=0, lt=1)  # of the paired deltas' intervals
     gate: str = one_of("warn", "warn", "fail")

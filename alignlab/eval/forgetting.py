@@ -1,4 +1,4 @@
-"""Run lm-eval benchmarks on an in-memory model and keep the scores forgetting checks compare."""
+"""Run lm-eval on an in-memory model and keep the scores, and per-item scores, that forgetting checks compare."""
 from __future__ import annotations
 
 import json
@@ -53,12 +53,20 @@ def compact_scores(results: dict) -> dict:
     return scores
 
 
+def item_scores(samples: dict) -> dict:
+    """lm-eval's logged samples cut to what paired deltas need: {task: [{doc_id, filter, metric: value}]}."""
+    return {task: [{"doc_id": s["doc_id"], "filter": s["filter"], **{m: s[m] for m in s["metrics"]}}
+                   for s in logged]
+            for task, logged in samples.items()}
+
+
 def evaluate_model(model, tokenizer, eval_cfg, data_home, out_path) -> dict:
     """Evaluate `model` (a transformers or peft model, left in its train/eval mode) on `eval_cfg.tasks`.
 
     `eval_cfg` is a ForgettingConfig (or a DictConfig with its fields); `data_home` is the
-    mirror the bundled tasks read (None: $ALIGNLAB_DATA_HOME, else the download cache). Writes lm-eval's results JSON
-    to `out_path` and returns `compact_scores` of it.
+    mirror the bundled tasks read (None: $ALIGNLAB_DATA_HOME, else the download cache). Writes
+    lm-eval's results JSON to `out_path`, its `samples` cut to each item's scores (`item_scores`),
+    and returns it.
     """
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
@@ -80,7 +88,7 @@ def evaluate_model(model, tokenizer, eval_cfg, data_home, out_path) -> dict:
                 num_fewshot=eval_cfg.num_fewshot,
                 limit=eval_cfg.limit,
                 bootstrap_iters=eval_cfg.bootstrap_iters,
-                log_samples=False,
+                log_samples=True,
                 task_manager=manager,
                 random_seed=seed,
                 numpy_random_seed=seed,
@@ -89,7 +97,9 @@ def evaluate_model(model, tokenizer, eval_cfg, data_home, out_path) -> dict:
             )
         finally:
             model.train(was_training)
+    results["samples"] = item_scores(results["samples"])
+    text = json.dumps(results, indent=1, default=handle_non_serializable, ensure_ascii=False)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(results, indent=2, default=handle_non_serializable, ensure_ascii=False))
-    return compact_scores(results)
+    out_path.write_text(text)
+    return json.loads(text)
