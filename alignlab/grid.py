@@ -46,6 +46,7 @@ def summary_row(summary: Dict[str, Any]) -> Dict[str, Any]:
             if d["metric"] == "acc" and d["vs_base"] is not None:
                 row[f"{name}/{d['task'].replace('alignlab_', '')} Δbase"] = d["vs_base"]
     for key, c in ((summary.get("judge") or {}).get("comparisons") or {}).items():
+        row[f"judge {key} p_better"] = c.get("p_better")
         row[f"judge {key} win_rate"] = c.get("win_rate")
     return row
 

@@ -112,10 +112,12 @@ def comparison_tables(summary: Dict[str, Any]) -> Dict[str, tuple]:
         tables["forgetting"] = (["model", "task", "metric", "score", "stderr", "vs_base_points", "vs_parent_points"], rows)
     judge = summary.get("judge") or {}
     if judge.get("comparisons"):
-        rows = [[c["a"], c["b"], c["win"], c["tie"], c["loss"], c["unparseable"], c["win_rate"],
-                 c["win_rate_ci"][0], c["win_rate_ci"][1], c["consistency"]] for c in judge["comparisons"].values()]
-        tables["judge"] = (["a", "b", "win", "tie", "loss", "unparseable", "win_rate", "ci_low", "ci_high",
-                            "consistency"], rows)
+        rows = [[c["a"], c["b"], c["p_better"], *(c["p_better_ci"] or [None, None]), c["win"], c["tie"], c["loss"],
+                 c["unparseable"], c["win_rate"], c["win_rate_ci"][0], c["win_rate_ci"][1], c["tie_mass"],
+                 c["position_bias"], c["consistency"]] for c in judge["comparisons"].values()]
+        tables["judge"] = (["a", "b", "p_better", "p_better_ci_low", "p_better_ci_high", "win", "tie", "loss",
+                            "unparseable", "win_rate", "win_rate_ci_low", "win_rate_ci_high", "tie_mass",
+                            "position_bias", "consistency"], rows)
     return tables
 
 
