@@ -138,13 +138,13 @@ def _judge_section(section: dict, plots: Path, samples: int) -> List[Block]:
     if not section or not section.get("comparisons"):
         return [("p", "Judging was off." if not section else "No comparisons were judged.")]
     header = ["a vs b", "P(a better) (CI)", "win", "tie", "loss", "unparseable", "win rate (CI)", "loss rate (CI)",
-              "tie mass", "position bias", "consistency"]
+              "tie mass", "position bias", "consistency", "judge"]
     rows = []
     for c in section["comparisons"].values():
         rows.append([f"{c['a']} vs {c['b']}", _interval(c["p_better"], c["p_better_ci"]), c["win"], c["tie"],
                      c["loss"], c["unparseable"], _interval(c["win_rate"], c["win_rate_ci"]),
                      _interval(c["loss_rate"], c["loss_rate_ci"]), _fmt(c["tie_mass"]), _fmt(c["position_bias"]),
-                     _fmt(c["consistency"])])
+                     _fmt(c["consistency"]), _informative(c.get("judge_informative"))])
     comparisons = list(section["comparisons"].values())
     fig, ax = plt.subplots(figsize=(5, 0.5 + 0.45 * len(comparisons)))
     labels = [f"{c['a']} vs {c['b']}" for c in comparisons]
@@ -174,9 +174,33 @@ def _judge_section(section: dict, plots: Path, samples: int) -> List[Block]:
               f"prompts where both orders lean to the same model. "
               f"Unparseable judge replies: {section.get('unparseable_replies', 0)}."),
         ("table", (header, rows)),
+        *_calibration(section.get("calibration")),
         ("p", "P(row model better) against the column model, with its bootstrap interval."),
         ("table", (["a \\ b", *models], matrix)), ("img", path)]
     return blocks + _samples(section, samples)
+
+
+def _informative(flag) -> str:
+    return "not calibrated" if flag is None else "informative" if flag else "judge not informative"
+
+
+def _calibration(calibration) -> List[Block]:
+    """The judge's calibration on labelled pairs (alignlab.eval.judge.calibrate)."""
+    if not calibration:
+        return [("p", "The judge was not calibrated (judge.calibrate=false).")]
+    header = ["reference set", "pairs", "agreement (CI)", "one-order agreement", "P(label better) (CI)",
+              "consistency", "position bias", "tie mass", "unparseable", "informative"]
+    rows = [[name, m["n"], _interval(m["agreement"], m["agreement_ci"]), _fmt(m["agreement_one_order"]),
+             _interval(m["p_label_better"], m["p_label_better_ci"]), _fmt(m["consistency"]),
+             _fmt(m["position_bias"]), _fmt(m["tie_mass"]), m["unparseable"], "yes" if m["informative"] else "no"]
+            for name, m in calibration["sets"].items()]
+    verdict = ("informative: on every set its agreement interval lies above 0.5" if calibration["informative"] else
+               "judge not informative: on at least one set its agreement interval reaches 0.5 or below, so "
+               "its verdicts above carry no evidence")
+    return [("p", f"Judge calibration on labelled pairs, each judged in both orders; agreement: share of pairs "
+                  f"where P(label better) > 0.5 (Wilson interval); one-order agreement: the same for single "
+                  f"judgements, before swap debiasing. The judge is {verdict}."),
+            ("table", (header, rows))]
 
 
 def _samples(section: dict, count: int) -> List[Block]:

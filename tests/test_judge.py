@@ -135,7 +135,7 @@ def test_templates_from_mirror_and_user_file(data_home, tmp_path):
 JUDGED_TINY = (
     *TINY_SFT, *TINY_PREFERENCE, "pipeline=sft_dpo", "stage.sft.max_steps=2", "stage.dpo.max_steps=2",
     "judge=local", "judge.local.name_or_path=embedded:tiny-llama", "judge.num_prompts=3",
-    "judge.max_new_tokens=8", "judge.batch_size=3",
+    "judge.max_new_tokens=8", "judge.batch_size=3", "judge.calibration.pairs=4",
 )
 
 
@@ -167,6 +167,13 @@ def test_judged_pipeline_report_and_cache(compose, tmp_path):
         assert line["p_a_better"] == pytest.approx(x / (x + y))
     sft = judge["comparisons"]["sft:base"]
     assert sft["p_better"] == pytest.approx(sum(l["p_a_better"] for l in lines if l["a"] == "sft") / 3)
+    # Calibrated first on 4 labelled pairs per set; every comparison says whether the judge is informative.
+    calibration = judge["calibration"]
+    assert set(calibration["sets"]) == {"alpaca_eval_gpt4_annotations", "human:preference"}
+    for m in calibration["sets"].values():
+        assert m["n"] == 4 and m["agreement_ci"][0] <= m["agreement"] <= m["agreement_ci"][1]
+    assert calibration["informative"] == all(m["informative"] for m in calibration["sets"].values())
+    assert all(c["judge_informative"] == calibration["informative"] for c in judge["comparisons"].values())
     for model in ("base", "sft", "dpo"):
         rows = [json.loads(l) for l in (run_dir / "responses" / f"{model}.jsonl").read_text().splitlines()]
         assert len(rows) == 3 and rows[0]["question"] == "How can I improve my time management skills?"
@@ -190,7 +197,7 @@ def test_judged_pipeline_report_and_cache(compose, tmp_path):
 
 
 def test_compare_run_in_wandb_offline(compose, tmp_path):
-    _, run_dir = _run(compose, tmp_path, "run", "logger=wandb", "judge.comparisons=[dpo:base]")
+    _, run_dir = _run(compose, tmp_path, "run", "logger=wandb", "judge.comparisons=[dpo:base]", "judge.calibrate=false")
     compare = None
     for path in run_dir.glob("wandb/offline-run-*/run-*.wandb"):
         recs = list(records(path))
@@ -209,6 +216,9 @@ def test_compare_run_in_wandb_offline(compose, tmp_path):
     table = json.loads(table_files[0].read_text())
     assert table["columns"][:3] == ["a", "b", "p_better"] and [row[:2] for row in table["data"]] == [["dpo", "base"]]
     assert {"tie_mass", "position_bias", "consistency"} <= set(table["columns"])
+    assert table["data"][0][table["columns"].index("judge_informative")] is None  # not calibrated
+    assert "Judge calibration" not in (run_dir / "report.md").read_text()
+    assert "not calibrated" in (run_dir / "report.md").read_text()
 
 
 def test_bad_comparison_names_the_key(compose, tmp_path):

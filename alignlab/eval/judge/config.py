@@ -30,6 +30,17 @@ class OpenAIJudgeConfig:
 
 
 @dataclass
+class CalibrationConfig:
+    """Reference sets of alignlab.eval.judge.calibrate: `pairs` per set (the AlpacaEval set half
+    per label), each pair's question and answers within `max_chars` (keeps calibration quick),
+    human pairs from the held-out split of data.<human> (kind preference)."""
+
+    pairs: int = within(16, ge=2)
+    max_chars: int = within(2000, ge=100)
+    human: str = "preference"
+
+
+@dataclass
 class JudgeConfig:
     """Which stages are compared, on which prompts, by which judge.
 
@@ -59,3 +70,5 @@ class JudgeConfig:
     confidence: float = within(0.95, gt=0, lt=1)  # level of the bootstrap and Wilson intervals
     tie_margin: float = within(0.05, ge=0, lt=0.5)  # |P(a better) - 0.5| <= tie_margin: the prompt is a tie
     sample_responses: int = within(3, ge=0)  # prompts shown side by side in the report
+    calibrate: bool = True  # measure the judge on labelled pairs first (cached per judge)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)

@@ -73,7 +73,7 @@ class JudgeChecks:
     def __init__(self, cfg, cache_dir: Path, data_home: str, run_dir: Path):
         self.cfg, self.judge_cfg = cfg, cfg.judge
         self.cache = JsonCache(cache_dir / "judge")
-        self.run_dir = run_dir
+        self.run_dir, self.data_home = run_dir, data_home
         self.template = load_template(self.judge_cfg.template, data_home)
         if self.judge_cfg.prompts not in cfg.data:
             raise ConfigError(f"judge.prompts: no dataset '{self.judge_cfg.prompts}' in the data group "
@@ -134,6 +134,10 @@ class JudgeChecks:
         """Judge every comparison on every prompt in both orders and tabulate the outcomes."""
         backend = make_backend(self.judge_cfg, self.cfg.paths.model_cache)
         self.section["judge"] = backend.name
+        if self.judge_cfg.calibrate:
+            from alignlab.eval.judge.calibrate import calibrate
+
+            self.section["calibration"] = calibrate(self.cfg, backend, self.cache, self.template, self.data_home)
         pairs = self.comparisons()
         # (comparison, prompt, order) -> the messages the judge sees; order 0: a is Assistant A.
         jobs = []
@@ -170,7 +174,9 @@ class JudgeChecks:
                         "reply_a_first": first["result"]["reply"], "reply_b_first": swapped["result"]["reply"],
                     }, ensure_ascii=False) + "\n")
                 result = summarise(prompts, a_shares, self.judge_cfg.confidence, self.judge_cfg.seed)
-                self.section["comparisons"][f"{a}:{b}"] = {"a": a, "b": b, **result}
+                calibration = self.section.get("calibration")
+                self.section["comparisons"][f"{a}:{b}"] = {
+                    "a": a, "b": b, **result, "judge_informative": calibration["informative"] if calibration else None}
                 log.info("judge %s vs %s: P(%s better) %s %s; %d win / %d tie / %d loss, %d unparseable, "
                          "tie mass %s, position bias %s, consistency %s", a, b, a, _num(result["p_better"]),
                          result["p_better_ci"], result["win"], result["tie"], result["loss"],
