@@ -194,12 +194,13 @@ def _calibration(calibration) -> List[Block]:
              _interval(m["p_label_better"], m["p_label_better_ci"]), _fmt(m["consistency"]),
              _fmt(m["position_bias"]), _fmt(m["tie_mass"]), m["unparseable"], "yes" if m["informative"] else "no"]
             for name, m in calibration["sets"].items()]
-    verdict = ("informative: on every set its agreement interval lies above 0.5" if calibration["informative"] else
-               "judge not informative: on at least one set its agreement interval reaches 0.5 or below, so "
-               "its verdicts above carry no evidence")
+    verdict = ("The judge is informative: on every set its agreement interval lies above 0.5."
+               if calibration["informative"] else
+               "Judge not informative: on at least one set its agreement interval reaches 0.5 or below, so the "
+               "verdicts above are no evidence.")
     return [("p", f"Judge calibration on labelled pairs, each judged in both orders; agreement: share of pairs "
                   f"where P(label better) > 0.5 (Wilson interval); one-order agreement: the same for single "
-                  f"judgements, before swap debiasing. The judge is {verdict}."),
+                  f"judgements, before swap debiasing. {verdict}"),
             ("table", (header, rows))]
 
 

@@ -124,9 +124,9 @@ def calibrate(cfg, backend, cache: JsonCache, template, data_home) -> Dict[str, 
         judge_all(backend, cache, template, j, jobs)
         result["sets"][name] = measure(pairs, jobs, j.tie_margin, j.confidence, j.seed)
         m = result["sets"][name]
-        log.info("judge calibration %s on %s: agreement %s %s over %d pairs, consistency %s, position bias %s, "
-                 "tie mass %s", backend.name, name, m["agreement"], m["agreement_ci"], m["n"], m["consistency"],
-                 m["position_bias"], m["tie_mass"])
+        log.info("judge calibration %s on %s: agreement %.3f [%.3f, %.3f] over %d pairs, consistency %s, "
+                 "position bias %s, tie mass %s", backend.name, name, m["agreement"] or 0.0, *m["agreement_ci"],
+                 m["n"], m["consistency"], m["position_bias"], m["tie_mass"])
     result["informative"] = all(m["informative"] for m in result["sets"].values())
     cache.put(key, result)
     return result

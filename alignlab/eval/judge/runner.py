@@ -179,7 +179,7 @@ class JudgeChecks:
                     "a": a, "b": b, **result, "judge_informative": calibration["informative"] if calibration else None}
                 log.info("judge %s vs %s: P(%s better) %s %s; %d win / %d tie / %d loss, %d unparseable, "
                          "tie mass %s, position bias %s, consistency %s", a, b, a, _num(result["p_better"]),
-                         result["p_better_ci"], result["win"], result["tie"], result["loss"],
+                         [_num(v) for v in result["p_better_ci"] or []], result["win"], result["tie"], result["loss"],
                          result["unparseable"], _num(result["tie_mass"]), _num(result["position_bias"]),
                          _num(result["consistency"]))
         self.section["tie_margin"] = self.judge_cfg.tie_margin
