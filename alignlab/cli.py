@@ -23,7 +23,8 @@ from alignlab.errors import AlignlabError
 register_configs()  # at import: launcher workers (joblib, submitit) unpickle run_experiment from here
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")  # the checkout's conf/
 log = logging.getLogger("alignlab")
-COMMANDS = {"data": "alignlab.data.cli", "cache": "alignlab.cache_cli"}  # first word -> module whose main(argv) returns the exit code
+COMMANDS = {"data": "alignlab.data.cli", "cache": "alignlab.cache_cli",  # first word -> module whose main(argv)
+            "judge-calibrate": "alignlab.eval.judge.cli"}  # returns the exit code
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")

@@ -39,6 +39,7 @@ def summary_row(summary: Dict[str, Any]) -> Dict[str, Any]:
             if d["gated"]:
                 row[f"{name}/{d['task'].replace('alignlab_', '')} Δbase"] = d["vs_base"]["delta"]
     for key, c in ((summary.get("judge") or {}).get("comparisons") or {}).items():
+        row[f"judge {key} p_better"] = c.get("p_better")
         row[f"judge {key} win_rate"] = c.get("win_rate")
     return row
 

@@ -290,6 +290,13 @@ def _judge_problems(cfg: DictConfig, checked: Checked, data_home: Optional[str])
         load_template(j.template, data_home)
     except AlignlabError as err:
         problems.append(str(err))
+    if j.calibrate:
+        from alignlab.eval.judge.calibrate import reference_sets
+
+        try:
+            reference_sets(cfg, data_home)
+        except AlignlabError as err:
+            problems.append(str(err))
     if j.backend == "openai":
         url = urlparse(str(j.openai.base_url))
         if url.scheme not in ("http", "https") or not url.netloc:
@@ -356,6 +363,10 @@ def describe_plan(cfg: DictConfig, checked: Checked) -> str:
                        "against each other"])
         lines.append(f"  judge ({cfg.judge.backend}, {cfg.judge.num_prompts} prompts of data.{cfg.judge.prompts}, "
                      f"both orders): {'; '.join(pairs)}")
+        c = cfg.judge.calibration
+        lines.append(f"  judge calibration: {c.pairs} labelled pairs each of AlpacaEval GPT-4 annotations and the "
+                     f"held-out split of data.{c.human} (cached per judge)" if cfg.judge.calibrate
+                     else "  judge calibration: off")
     else:
         lines.append("  judge: off")
     return "\n".join(lines)

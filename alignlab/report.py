@@ -136,44 +136,78 @@ def _forgetting_section(section: dict, plots: Path) -> List[Block]:
     return blocks + [("img", path)]
 
 
+def _interval(value, ci) -> str:
+    return "n/a" if value is None else f"{value:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
 def _judge_section(section: dict, plots: Path, samples: int) -> List[Block]:
     if not section or not section.get("comparisons"):
         return [("p", "Judging was off." if not section else "No comparisons were judged.")]
-    header = ["a vs b", "win", "tie", "loss", "unparseable", "win rate (CI)", "loss rate (CI)", "consistency"]
+    header = ["a vs b", "P(a better) (CI)", "win", "tie", "loss", "unparseable", "win rate (CI)", "loss rate (CI)",
+              "tie mass", "position bias", "consistency", "judge"]
     rows = []
-    for key, c in section["comparisons"].items():
-        rate = lambda r: "n/a" if c[r] is None else f"{c[r]:.2f} [{c[r + '_ci'][0]:.2f}, {c[r + '_ci'][1]:.2f}]"  # noqa: E731
-        rows.append([f"{c['a']} vs {c['b']}", c["win"], c["tie"], c["loss"], c["unparseable"],
-                     rate("win_rate"), rate("loss_rate"), _fmt(c["consistency"])])
+    for c in section["comparisons"].values():
+        rows.append([f"{c['a']} vs {c['b']}", _interval(c["p_better"], c["p_better_ci"]), c["win"], c["tie"],
+                     c["loss"], c["unparseable"], _interval(c["win_rate"], c["win_rate_ci"]),
+                     _interval(c["loss_rate"], c["loss_rate_ci"]), _fmt(c["tie_mass"]), _fmt(c["position_bias"]),
+                     _fmt(c["consistency"]), _informative(c.get("judge_informative"))])
     comparisons = list(section["comparisons"].values())
     fig, ax = plt.subplots(figsize=(5, 0.5 + 0.45 * len(comparisons)))
     labels = [f"{c['a']} vs {c['b']}" for c in comparisons]
     for i, c in enumerate(comparisons):
-        if c["win_rate"] is None:
+        if c["p_better"] is None:
             continue
-        lo, hi = c["win_rate_ci"]
-        err = [[max(0.0, c["win_rate"] - lo)], [max(0.0, hi - c["win_rate"])]]
-        ax.errorbar([c["win_rate"]], [i], xerr=err, fmt="o", capsize=3)
+        lo, hi = c["p_better_ci"]
+        err = [[max(0.0, c["p_better"] - lo)], [max(0.0, hi - c["p_better"])]]
+        ax.errorbar([c["p_better"]], [i], xerr=err, fmt="o", capsize=3)
     ax.axvline(0.5, color="grey", lw=0.8, ls="--")
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.set_xlim(0, 1)
-    ax.set_xlabel(f"win rate of a ({int(comparisons[0]['confidence'] * 100)}% Wilson interval)")
+    ax.set_xlabel(f"P(a better) ({int(comparisons[0]['confidence'] * 100)}% bootstrap interval over prompts)")
     fig.tight_layout()
-    path = plots / "judge_win_rates.png"
+    path = plots / "judge_p_better.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     models = list(dict.fromkeys([c["a"] for c in comparisons] + [c["b"] for c in comparisons]))
-    cells = {(c["a"], c["b"]): "n/a" if c["win_rate"] is None else
-             f"{c['win_rate']:.2f} [{c['win_rate_ci'][0]:.2f}, {c['win_rate_ci'][1]:.2f}]" for c in comparisons}
+    cells = {(c["a"], c["b"]): _interval(c["p_better"], c["p_better_ci"]) for c in comparisons}
     matrix = [[a, *[cells.get((a, b), "") for b in models]] for a in models if any((a, b) in cells for b in models)]
     blocks: List[Block] = [
         ("p", f"Judge {section['judge']} with template {section['template']} on {section['prompts']['count']} "
-              f"prompts, each pair judged in both orders; a verdict counts only when both orders agree. "
+              f"prompts, each pair judged in both orders: per prompt P(a better) = ½[P(A | a first) + "
+              f"P(B | a second)] renormalised over a and b (the judge's probabilities where it gives them, "
+              f"else its parsed verdict); a prompt is a tie within {section.get('tie_margin', 0):g} of 0.5. "
+              f"Tie mass: the judge's mean P(tie); position bias: mean P(A) − 0.5; consistency: share of "
+              f"prompts where both orders lean to the same model. "
               f"Unparseable judge replies: {section.get('unparseable_replies', 0)}."),
         ("table", (header, rows)),
-        ("p", "Win-rate matrix: row model's win rate against the column model, with its interval."),
+        *_calibration(section.get("calibration")),
+        ("p", "P(row model better) against the column model, with its bootstrap interval."),
         ("table", (["a \\ b", *models], matrix)), ("img", path)]
     return blocks + _samples(section, samples)
+
+
+def _informative(flag) -> str:
+    return "not calibrated" if flag is None else "informative" if flag else "judge not informative"
+
+
+def _calibration(calibration) -> List[Block]:
+    """The judge's calibration on labelled pairs (alignlab.eval.judge.calibrate)."""
+    if not calibration:
+        return [("p", "The judge was not calibrated (judge.calibrate=false).")]
+    header = ["reference set", "pairs", "agreement (CI)", "one-order agreement", "P(label better) (CI)",
+              "consistency", "position bias", "tie mass", "unparseable", "informative"]
+    rows = [[name, m["n"], _interval(m["agreement"], m["agreement_ci"]), _fmt(m["agreement_one_order"]),
+             _interval(m["p_label_better"], m["p_label_better_ci"]), _fmt(m["consistency"]),
+             _fmt(m["position_bias"]), _fmt(m["tie_mass"]), m["unparseable"], "yes" if m["informative"] else "no"]
+            for name, m in calibration["sets"].items()]
+    verdict = ("The judge is informative: on every set its agreement interval lies above 0.5."
+               if calibration["informative"] else
+               "Judge not informative: on at least one set its agreement interval reaches 0.5 or below, so the "
+               "verdicts above are no evidence.")
+    return [("p", f"Judge calibration on labelled pairs, each judged in both orders; agreement: share of pairs "
+                  f"where P(label better) > 0.5 (Wilson interval); one-order agreement: the same for single "
+                  f"judgements, before swap debiasing. {verdict}"),
+            ("table", (header, rows))]
 
 
 def _samples(section: dict, count: int) -> List[Block]:

@@ -138,10 +138,20 @@ def comparison_tables(summary: Dict[str, Any]) -> Dict[str, tuple]:
                                  "vs_base_ci_low", "vs_base_ci_high", "n", "vs_parent_points"], rows)
     judge = summary.get("judge") or {}
     if judge.get("comparisons"):
-        rows = [[c["a"], c["b"], c["win"], c["tie"], c["loss"], c["unparseable"], c["win_rate"],
-                 c["win_rate_ci"][0], c["win_rate_ci"][1], c["consistency"]] for c in judge["comparisons"].values()]
-        tables["judge"] = (["a", "b", "win", "tie", "loss", "unparseable", "win_rate", "ci_low", "ci_high",
-                            "consistency"], rows)
+        rows = [[c["a"], c["b"], c["p_better"], *(c["p_better_ci"] or [None, None]), c["win"], c["tie"], c["loss"],
+                 c["unparseable"], c["win_rate"], c["win_rate_ci"][0], c["win_rate_ci"][1], c["tie_mass"],
+                 c["position_bias"], c["consistency"], c.get("judge_informative")]
+                for c in judge["comparisons"].values()]
+        tables["judge"] = (["a", "b", "p_better", "p_better_ci_low", "p_better_ci_high", "win", "tie", "loss",
+                            "unparseable", "win_rate", "win_rate_ci_low", "win_rate_ci_high", "tie_mass",
+                            "position_bias", "consistency", "judge_informative"], rows)
+    if judge.get("calibration"):
+        rows = [[name, m["n"], m["agreement"], *m["agreement_ci"], m["agreement_one_order"], m["p_label_better"],
+                 m["consistency"], m["position_bias"], m["tie_mass"], m["informative"]]
+                for name, m in judge["calibration"]["sets"].items()]
+        tables["judge_calibration"] = (["set", "pairs", "agreement", "agreement_ci_low", "agreement_ci_high",
+                                        "agreement_one_order", "p_label_better", "consistency", "position_bias",
+                                        "tie_mass", "informative"], rows)
     return tables
 
 

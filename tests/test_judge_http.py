@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import math
 import os
 import socket
 import subprocess
@@ -25,11 +26,18 @@ import pytest
 from alignlab.errors import ConfigError
 from alignlab.eval.judge.config import OpenAIJudgeConfig
 from alignlab.eval.judge.http import JudgeEndpointError, OpenAICompatibleJudge
+from alignlab.eval.judge.verdicts import Judgement, parse_verdict
 
 KEY_ENV = "ALIGNLAB_TEST_JUDGE_KEY"
 SERVER_KEY = "sk-alignlab-test-7f3a9c2e"
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 READY_TIMEOUT = 120.0
+# Two earlier verdicts lead the 135M model to answer "My final verdict is: [[X]]" itself.
+VERDICT_SHOTS = [
+    {"role": "user", "content": "Give your verdict."}, {"role": "assistant", "content": "My final verdict is: [[A]]"},
+    {"role": "user", "content": "Give your verdict."}, {"role": "assistant", "content": "My final verdict is: [[B]]"},
+    {"role": "user", "content": "Give your verdict."},
+]
 CONVERSATIONS = [
     [{"role": "user", "content": "Name a color."}],
     [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "What is 2+2?"}],
@@ -188,7 +196,41 @@ def _retries(caplog) -> int:
 def test_real_server_replies(server_url):
     replies = _judge(server_url + "/v1").complete(CONVERSATIONS)
     assert len(replies) == 2
-    assert all(isinstance(r, str) and r.strip() for r in replies)
+    assert all(isinstance(r["reply"], str) and r["reply"].strip() for r in replies)
+
+
+def test_verdict_probabilities_from_real_logprobs(proxy):
+    requests = []
+    proxy.rewrite = lambda request, reply: requests.append((request, reply))
+    [result] = _judge(proxy.url).complete([VERDICT_SHOTS])
+    [(request, reply)] = requests
+    assert request["logprobs"] is True and request["top_logprobs"] == 20
+    letter = result["reply"].split("[[")[-1][0]
+    assert letter in "ABC" and set(result["probs"]) == {"A", "B", "C"}
+    assert sum(result["probs"].values()) == pytest.approx(1.0)
+    assert max(result["probs"], key=result["probs"].get) == letter  # greedy: the letter written is the likeliest
+    # The probabilities are the server's top log-probabilities at that letter, renormalised over A, B, C.
+    tokens = reply["choices"][0]["logprobs"]["content"]
+    at = next(i for i in range(len(tokens) - 1, 0, -1) if tokens[i - 1]["token"].strip().endswith("[["))
+    mass = {o: sum(math.exp(t["logprob"]) for t in tokens[at]["top_logprobs"] if t["token"].strip() == o) for o in "ABC"}
+    assert result["probs"] == pytest.approx({o: m / sum(mass.values()) for o, m in mass.items()})
+    assert Judgement.of(result["probs"], result["reply"]).a == pytest.approx(result["probs"]["A"])
+
+
+def test_without_logprobs_the_reply_is_parsed(proxy):
+    requests = []
+
+    def strip(request, reply):  # a server that ignores the logprobs request
+        requests.append(request)
+        reply["choices"][0].pop("logprobs", None)
+
+    proxy.rewrite = strip
+    [served] = _judge(proxy.url).complete([VERDICT_SHOTS])
+    [unasked] = _judge(proxy.url, logprobs=False).complete([VERDICT_SHOTS])
+    assert "logprobs" in requests[0] and "logprobs" not in requests[1] and "top_logprobs" not in requests[1]
+    for result in (served, unasked):
+        assert result["probs"] is None and parse_verdict(result["reply"]) in ("A", "B", "tie")
+        assert Judgement.of(result["probs"], result["reply"]) is not None
 
 
 def test_replies_keep_order_and_garbage_passes_through(proxy):
@@ -198,7 +240,8 @@ def test_replies_keep_order_and_garbage_passes_through(proxy):
     proxy.rewrite = garbage
     conversations = [[{"role": "user", "content": f"Say {i}."}] for i in range(5)]
     replies = _judge(proxy.url, concurrency=3).complete(conversations)
-    assert replies == [f"%% no verdict %% Say {i}." for i in range(5)]
+    assert [r["reply"] for r in replies] == [f"%% no verdict %% Say {i}." for i in range(5)]
+    assert all(r["probs"] is None for r in replies)  # no "[[" verdict letter: the runner parses the text
     assert len(proxy.auth) == 5
 
 
@@ -208,7 +251,7 @@ def test_replies_keep_order_and_garbage_passes_through(proxy):
 ], ids=["no-choices", "no-content"])
 def test_empty_reply_is_empty_text_not_retried(proxy, edit):
     proxy.rewrite = lambda request, reply: edit(reply)
-    assert _judge(proxy.url).complete(CONVERSATIONS[:1]) == [""]
+    assert _judge(proxy.url).complete(CONVERSATIONS[:1]) == [{"reply": "", "probs": None}]
     assert len(proxy.auth) == 1
 
 
@@ -217,7 +260,7 @@ def test_retries_overload_then_succeeds(proxy, caplog, status):
     caplog.set_level(logging.WARNING, logger="alignlab.judge")
     proxy.faults = [("status", status)] * 2
     [reply] = _judge(proxy.url).complete(CONVERSATIONS[:1])
-    assert reply.strip()
+    assert reply["reply"].strip()
     assert len(proxy.auth) == 3
     assert _retries(caplog) == 2
 
@@ -226,7 +269,7 @@ def test_retries_timeouts_then_succeeds(proxy, caplog):
     caplog.set_level(logging.WARNING, logger="alignlab.judge")
     proxy.faults = [("sleep", 3.0)] * 2
     [reply] = _judge(proxy.url, timeout=2.0).complete(CONVERSATIONS[:1])
-    assert reply.strip()
+    assert reply["reply"].strip()
     assert len(proxy.auth) == 3
     assert "APITimeoutError" in caplog.text
 
@@ -244,7 +287,7 @@ def test_persistent_5xx_fails_after_all_attempts(proxy):
 def test_persistent_5xx_counted_and_run_goes_on(proxy):
     proxy.faults = [("status", 500)] * 3  # every attempt of the first conversation
     replies = _judge(proxy.url, concurrency=1, on_error="count").complete(CONVERSATIONS)
-    assert replies[0] is None and replies[1].strip()
+    assert replies[0] is None and replies[1]["reply"].strip()
     assert len(proxy.auth) == 4
 
 

@@ -88,6 +88,10 @@ CASES = {
     "judge url": (("judge=openai", "judge.num_prompts=2", "judge.openai.base_url=localhost:8000/v1"),
                   r"judge\.openai\.base_url: 'localhost:8000/v1' is not an http\(s\) URL with a host"),
     "judge template": ((*JUDGE, "judge.template=pair-v9"), r"judge\.template: no pairwise template 'pair-v9'"),
+    "judge calibration size": ((*JUDGE, "judge.calibration.pairs=80"),
+                               r"judge\.calibration\.pairs=80: .* has only 29 pairs per label within"),
+    "judge calibration data": ((*JUDGE, "judge.calibration.human=nope"),
+                               r"judge\.calibration\.human: no dataset 'nope' in the data group"),
     # model
     "model path": (("model.name_or_path=/no/such/model",), r"model\.name_or_path: model path '/no/such/model' does not exist"),
     "embedded name": (("model.name_or_path=embedded:tiny-lama",), r"model\.name_or_path: unknown embedded model 'embedded:tiny-lama'"),

@@ -4,11 +4,15 @@ trl 1.x removed its judges (OpenAIPairwiseJudge among them), so alignlab talks t
 itself. Any server speaking the OpenAI chat completions API works: vLLM, TGI, the llama.cpp
 server, OpenAI. Timeouts, refused connections, 429 and 5xx replies are retried with exponential
 backoff; other 4xx replies are not. The API key is read from the environment per call and is
-never logged nor kept on the judge.
+never logged nor kept on the judge. With `logprobs` on, each request asks for the top
+log-probabilities of every generated token (OpenAI `logprobs`/`top_logprobs`; vLLM and the
+llama.cpp server serve them): the probabilities of A, B and C at the verdict letter after the
+reply's last "[[" become the judgement; a reply without them is parsed.
 """
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -20,11 +24,13 @@ from tqdm.auto import tqdm
 
 from alignlab.errors import AlignlabError, ConfigError
 from alignlab.eval.judge.config import OpenAIJudgeConfig
+from alignlab.eval.judge.verdicts import OPTIONS
 
 log = logging.getLogger("alignlab.judge")
 ON_ERROR = ("fail", "count")
 KEYLESS = "EMPTY"  # sent when the key variable is unset: local servers accept any key
 MAX_ERROR_CHARS = 300
+TOP_LOGPROBS = 20  # the OpenAI API's maximum
 
 Conversation = List[Dict[str, str]]
 
@@ -55,6 +61,27 @@ def _reply_text(response) -> str:
     return getattr(message, "content", None) or ""
 
 
+def verdict_probs(response) -> Optional[Dict[str, float]]:
+    """P(A), P(B), P(C) renormalised over the three at the verdict letter (the token after the
+    reply's last "[["), from its top log-probabilities; None when the reply has none there."""
+    choices = getattr(response, "choices", None) or []
+    logprobs = getattr(choices[0], "logprobs", None) if choices else None
+    tokens = getattr(logprobs, "content", None) or []
+    text, found = "", None
+    for token in tokens:
+        if text.rstrip().endswith("[[") and token.token.strip() in OPTIONS:
+            found = token
+        text += token.token
+    if found is None:
+        return None
+    mass = {o: 0.0 for o in OPTIONS}
+    for top in found.top_logprobs or []:
+        if top.token.strip() in mass:
+            mass[top.token.strip()] += math.exp(top.logprob)
+    total = sum(mass.values())
+    return {o: m / total for o, m in mass.items()} if total > 0 else None
+
+
 class OpenAICompatibleJudge:
     """Judges through an OpenAI-compatible `/chat/completions` endpoint (greedy, seeded)."""
 
@@ -67,8 +94,9 @@ class OpenAICompatibleJudge:
     def name(self) -> str:
         return f"openai:{self.cfg.base_url}:{self.cfg.model}"
 
-    def complete(self, conversations: List[Conversation]) -> List[Optional[str]]:
-        """The assistant reply per conversation, in order; None for a failure under on_error=count."""
+    def complete(self, conversations: List[Conversation]) -> List[Optional[dict]]:
+        """Per conversation, in order, {"reply": text, "probs": verdict_probs or None}; None for a
+        failure under on_error=count."""
         api_key = os.environ.get(self.cfg.api_key_env) or KEYLESS
         stop = threading.Event()  # set on a fatal failure: the other workers make no new attempts
         with openai.OpenAI(base_url=self.cfg.base_url, api_key=api_key, timeout=self.cfg.timeout,
@@ -83,7 +111,7 @@ class OpenAICompatibleJudge:
                 raise
         return [f.result() for f in futures]
 
-    def _complete_one(self, client: openai.OpenAI, messages: Conversation, stop: threading.Event) -> Optional[str]:
+    def _complete_one(self, client: openai.OpenAI, messages: Conversation, stop: threading.Event) -> Optional[dict]:
         attempts = 0
         while True:
             attempts += 1
@@ -96,10 +124,11 @@ class OpenAICompatibleJudge:
                 return self._give_up(attempts, error, misconfigured)
             self._wait(attempts, error)
 
-    def _request(self, client: openai.OpenAI, messages: Conversation) -> str:
+    def _request(self, client: openai.OpenAI, messages: Conversation) -> dict:
+        extra = {"logprobs": True, "top_logprobs": TOP_LOGPROBS} if self.cfg.logprobs else {}
         response = client.chat.completions.create(model=self.cfg.model, messages=messages, temperature=0.0,
-                                                  max_tokens=self.max_tokens, seed=self.seed)
-        return _reply_text(response)
+                                                  max_tokens=self.max_tokens, seed=self.seed, **extra)
+        return {"reply": _reply_text(response), "probs": verdict_probs(response) if self.cfg.logprobs else None}
 
     def _wait(self, attempts: int, error: str) -> None:
         delay = self.cfg.backoff * 2 ** (attempts - 1)

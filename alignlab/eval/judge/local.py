@@ -2,10 +2,9 @@
 
 `verdict: generate` lets the judge write its explanation and verdict (FastChat style; needs a
 judge that follows the `[[A]]` format). `verdict: logprobs` appends "My final verdict is: [["
-to the judge's turn and compares the next-token probabilities of A and B: one forward pass per
-judgement, always parseable, and a forced choice, which makes very small judges usable (a tiny
-judge puts most mass on the tie option C whatever it reads). Ties then come only from the
-position swap, when the two orders disagree, and that rate shows the judge's position bias.
+to the judge's turn and reads the next-token probabilities of A, B and C (tie), renormalised
+over the three: one forward pass per judgement, always parseable. The runner averages them over
+both orders (swap debiasing) and reports the tie mass.
 """
 from __future__ import annotations
 
@@ -16,11 +15,11 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from alignlab.errors import ConfigError
+from alignlab.eval.judge.verdicts import OPTIONS
 from alignlab.models.generation import chat_generate
 from alignlab.models.precision import autocast
 
 VERDICT_PREFIX = "My final verdict is: [["
-OPTIONS = ("A", "B")
 MODES = ("logprobs", "generate")
 
 
@@ -49,11 +48,13 @@ class LocalJudge:
             self._loaded = model.eval(), load_tokenizer(self.model_cfg, self.model_cache)
         return self._loaded
 
-    def complete(self, conversations: List[List[Dict[str, str]]]) -> List[Optional[str]]:
+    def complete(self, conversations: List[List[Dict[str, str]]]) -> List[Optional[dict]]:
+        """Per conversation {"reply": text, "probs": {A, B, C} or None (generate: parsed later)}."""
         model, tokenizer = self._model()
         if self.verdict == "generate":
-            return chat_generate(model, tokenizer, conversations, self.max_tokens, self.batch_size,
-                                 desc="judge (local)", precision=self.precision)
+            replies = chat_generate(model, tokenizer, conversations, self.max_tokens, self.batch_size,
+                                    desc="judge (local)", precision=self.precision)
+            return [{"reply": r, "probs": None} for r in replies]
         return self._by_logprobs(model, tokenizer, conversations)
 
     @staticmethod
@@ -69,10 +70,10 @@ class LocalJudge:
         return ids
 
     @torch.no_grad()
-    def _by_logprobs(self, model, tokenizer, conversations) -> List[str]:
+    def _by_logprobs(self, model, tokenizer, conversations) -> List[dict]:
         ids = self._option_ids(tokenizer)
         side, tokenizer.padding_side = tokenizer.padding_side, "left"
-        replies: List[str] = []
+        replies: List[dict] = []
         try:
             for start in tqdm(range(0, len(conversations), self.batch_size), desc="judge (local)", unit="batch"):
                 texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) + VERDICT_PREFIX
@@ -81,9 +82,9 @@ class LocalJudge:
                 with autocast(self.precision):
                     probs = model(**enc).logits[:, -1, :].float().softmax(-1)[:, ids]
                 for p in probs:
-                    best = OPTIONS[int(p.argmax())]
-                    shares = " ".join(f"{o}={float(v):.3f}" for o, v in zip(OPTIONS, p / p.sum()))
-                    replies.append(f"{VERDICT_PREFIX}{best}]] ({shares})")
+                    shares = {o: float(v) for o, v in zip(OPTIONS, p / p.sum())}
+                    text = " ".join(f"{o}={v:.3f}" for o, v in shares.items())
+                    replies.append({"reply": f"{VERDICT_PREFIX}{OPTIONS[int(p.argmax())]}]] ({text})", "probs": shares})
         finally:
             tokenizer.padding_side = side
         return replies

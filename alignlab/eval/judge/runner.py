@@ -1,9 +1,11 @@
 """Pairwise judging inside a pipeline run: the base and every generative node answer the same
-held-out prompts; each comparison is judged on every prompt in both orders.
+held-out prompts; each comparison is judged on every prompt in both orders, and the two
+judgements are averaged into P(a better) (swap debiasing, alignlab.eval.judge.verdicts).
 
-Responses are cached by (model identity, prompts, generation settings) and verdicts by
-(judge, template, question, both answers, order), under `<cache>/judge/`. Every judge reply is
-kept in the run's `judgements.jsonl`; summary.json's `judge` section holds the tallies.
+Responses are cached by (model identity, prompts, generation settings) and judgements (reply
+text and, where the backend reads them, P(A/B/C)) by (judge, template, question, both answers,
+order), under `<cache>/judge/`. Every judge reply is kept in the run's `judgements.jsonl`;
+summary.json's `judge` section holds the per-comparison statistics.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from alignlab.data import load_data
 from alignlab.errors import ConfigError
 from alignlab.eval.judge.cache import JsonCache, content_key
 from alignlab.eval.judge.templates import load_template
-from alignlab.eval.judge.verdicts import combine, parse_verdict, tally
+from alignlab.eval.judge.verdicts import Judgement, summarise, swap_debiased
 from alignlab.models.generation import chat_generate
 from alignlab.models.precision import mixed_precision
 from alignlab.stages import BASE, rivals
@@ -49,13 +51,32 @@ def default_comparisons(parents: Dict[str, Optional[str]], stages: Dict[str, str
     return pairs + rivals({n: stages[n] for n in parents})
 
 
+def judge_all(backend, cache: JsonCache, template, judge_cfg, jobs: List[Dict[str, Any]]) -> None:
+    """Sets each job's "result" (reply text and P(A/B/C) or None) and "judgement" from its
+    "messages": cached ones by (judge, template, messages, settings), the others from `backend`."""
+    for job in jobs:
+        job["key"] = content_key({"judge": backend.name, "format": "reply+probs", "template": template.text,
+                                  "messages": job["messages"], "max_tokens": judge_cfg.judge_max_new_tokens,
+                                  "precision": mixed_precision(judge_cfg.mixed_precision)})
+    missing = {job["key"]: job["messages"] for job in jobs if cache.get(job["key"]) is None}  # each judged once
+    log.info("judge: %d judgement(s): %d to judge", len(jobs), len(missing))
+    fresh = dict(zip(missing, backend.complete(list(missing.values())))) if missing else {}
+    for key, result in fresh.items():
+        if result is not None:  # a failed request is not cached: a rerun retries it
+            cache.put(key, result)
+    for job in jobs:
+        job["result"] = (fresh[job["key"]] if job["key"] in fresh else cache.get(job["key"])) or {"reply": None,
+                                                                                                   "probs": None}
+        job["judgement"] = Judgement.of(job["result"]["probs"], job["result"]["reply"])
+
+
 class JudgeChecks:
     """Collects responses per model as the pipeline goes, then judges; `section` is summary.json's `judge`."""
 
     def __init__(self, cfg, cache_dir: Path, data_home: str, run_dir: Path):
         self.cfg, self.judge_cfg = cfg, cfg.judge
         self.cache = JsonCache(cache_dir / "judge")
-        self.run_dir = run_dir
+        self.run_dir, self.data_home = run_dir, data_home
         self.template = load_template(self.judge_cfg.template, data_home)
         if self.judge_cfg.prompts not in cfg.data:
             raise ConfigError(f"judge.prompts: no dataset '{self.judge_cfg.prompts}' in the data group "
@@ -116,6 +137,10 @@ class JudgeChecks:
         """Judge every comparison on every prompt in both orders and tabulate the outcomes."""
         backend = make_backend(self.judge_cfg, self.cfg.paths.model_cache)
         self.section["judge"] = backend.name
+        if self.judge_cfg.calibrate:
+            from alignlab.eval.judge.calibrate import calibrate
+
+            self.section["calibration"] = calibrate(self.cfg, backend, self.cache, self.template, self.data_home)
         pairs = self.comparisons()
         # (comparison, prompt, order) -> the messages the judge sees; order 0: a is Assistant A.
         jobs = []
@@ -123,24 +148,10 @@ class JudgeChecks:
             for i, question in enumerate(self.questions):
                 ra, rb = self.responses[a][i], self.responses[b][i]
                 for order, (first, second) in enumerate(((ra, rb), (rb, ra))):
-                    messages = self.template.messages(question, first, second)
-                    key = content_key({"judge": backend.name, "template": self.template.text, "messages": messages,
-                                       "max_tokens": self.judge_cfg.judge_max_new_tokens,
-                                       "precision": mixed_precision(self.judge_cfg.mixed_precision)})
-                    jobs.append({"a": a, "b": b, "prompt": i, "order": order, "messages": messages, "key": key})
-        missing = [job for job in jobs if self.cache.get(job["key"]) is None]
-        log.info("judge: %d comparison(s) x %d prompt(s) x 2 orders: %d cached, %d to judge",
-                 len(pairs), len(self.questions), len(jobs) - len(missing), len(missing))
-        if missing:
-            replies = backend.complete([job["messages"] for job in missing])
-            for job, reply in zip(missing, replies):
-                if reply is not None:  # a failed request is not cached: a rerun retries it
-                    self.cache.put(job["key"], {"reply": reply})
-                job["reply"] = reply
-        for job in jobs:
-            if "reply" not in job:
-                job["reply"] = self.cache.get(job["key"])["reply"]
-            job["verdict"] = parse_verdict(job["reply"])
+                    jobs.append({"a": a, "b": b, "prompt": i, "order": order,
+                                 "messages": self.template.messages(question, first, second)})
+        log.info("judge: %d comparison(s) x %d prompt(s) x 2 orders", len(pairs), len(self.questions))
+        judge_all(backend, self.cache, self.template, self.judge_cfg, jobs)
         self._tabulate(pairs, jobs)
 
     def _tabulate(self, pairs, jobs) -> None:
@@ -149,22 +160,39 @@ class JudgeChecks:
         unparseable_replies = 0
         with open(path, "w", encoding="utf-8") as f:
             for a, b in pairs:
-                outcomes = []
+                prompts, a_shares = [], []
                 for i in range(len(self.questions)):
                     first, swapped = by[(a, b, i, 0)], by[(a, b, i, 1)]
-                    outcome = combine(first["verdict"], swapped["verdict"])
-                    outcomes.append(outcome)
-                    unparseable_replies += (first["verdict"] is None) + (swapped["verdict"] is None)
+                    judged = [j["judgement"] for j in (first, swapped)]
+                    a_shares += [j.a_share for j in judged if j is not None]
+                    unparseable_replies += judged.count(None)
+                    prompt = None if None in judged else swap_debiased(*judged, self.judge_cfg.tie_margin)
+                    prompts.append(prompt)
                     f.write(json.dumps({
                         "a": a, "b": b, "prompt": i, "question": self.questions[i],
-                        "verdict_a_first": first["verdict"], "verdict_b_first": swapped["verdict"],
-                        "outcome_for_a": outcome[0], "consistent": outcome[1],
-                        "reply_a_first": first["reply"], "reply_b_first": swapped["reply"],
+                        "judgement_a_first": _probs(judged[0]), "judgement_b_first": _probs(judged[1]),
+                        **({"outcome_for_a": "unparseable", "consistent": False} if prompt is None else
+                           {"p_a_better": prompt["p_better"], "tie_mass": prompt["tie_mass"],
+                            "outcome_for_a": prompt["outcome"], "consistent": prompt["consistent"]}),
+                        "reply_a_first": first["result"]["reply"], "reply_b_first": swapped["result"]["reply"],
                     }, ensure_ascii=False) + "\n")
-                result = tally(outcomes, self.judge_cfg.confidence)
-                self.section["comparisons"][f"{a}:{b}"] = {"a": a, "b": b, **result}
-                log.info("judge %s vs %s: %d win / %d tie / %d loss, %d unparseable, consistency %s",
-                         a, b, result["win"], result["tie"], result["loss"], result["unparseable"],
-                         result["consistency"])
+                result = summarise(prompts, a_shares, self.judge_cfg.confidence, self.judge_cfg.seed)
+                calibration = self.section.get("calibration")
+                self.section["comparisons"][f"{a}:{b}"] = {
+                    "a": a, "b": b, **result, "judge_informative": calibration["informative"] if calibration else None}
+                log.info("judge %s vs %s: P(%s better) %s %s; %d win / %d tie / %d loss, %d unparseable, "
+                         "tie mass %s, position bias %s, consistency %s", a, b, a, _num(result["p_better"]),
+                         [_num(v) for v in result["p_better_ci"] or []], result["win"], result["tie"], result["loss"],
+                         result["unparseable"], _num(result["tie_mass"]), _num(result["position_bias"]),
+                         _num(result["consistency"]))
+        self.section["tie_margin"] = self.judge_cfg.tie_margin
         self.section["unparseable_replies"] = unparseable_replies
         self.section["judgements"] = str(path)
+
+
+def _probs(judgement: Optional[Judgement]) -> Optional[Dict[str, float]]:
+    return None if judgement is None else {"A": judgement.a, "B": judgement.b, "tie": judgement.tie}
+
+
+def _num(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
