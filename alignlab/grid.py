@@ -166,8 +166,12 @@ class GridSummary(Callback):
         if hydra_cfg.mode != RunMode.MULTIRUN:
             return
         job_dir = Path(hydra_cfg.runtime.output_dir)
-        failed = job_return.status.name == "FAILED"
-        error = job_return._return_value if failed else None
+        failed, error = job_return.status.name == "FAILED", None
+        if failed:
+            try:  # Hydra's public accessor re-raises the job's exception
+                job_return.return_value
+            except Exception as err:  # noqa: BLE001 - recorded in job_status.json
+                error = err
         (job_dir / "job_status.json").write_text(json.dumps({
             "status": "failed" if failed else "ok",
             "error": f"{type(error).__name__}: {error}" if error is not None else "",

@@ -267,8 +267,8 @@ def test_retries_overload_then_succeeds(proxy, caplog, status):
 
 def test_retries_timeouts_then_succeeds(proxy, caplog):
     caplog.set_level(logging.WARNING, logger="alignlab.judge")
-    proxy.faults = [("sleep", 3.0)] * 2
-    [reply] = _judge(proxy.url, timeout=2.0).complete(CONVERSATIONS[:1])
+    proxy.faults = [("sleep", 7.0)] * 2
+    [reply] = _judge(proxy.url, timeout=5.0).complete(CONVERSATIONS[:1])
     assert reply["reply"].strip()
     assert len(proxy.auth) == 3
     assert "APITimeoutError" in caplog.text

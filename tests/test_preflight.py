@@ -99,7 +99,7 @@ CASES = {
     "chat template": (("model.chat_template=chatmlx",), r"model\.chat_template: 'chatmlx' is neither one of chatml, .* nor an existing \.jinja file"),
     "quantized full fine-tune": (("quant=qlora_nf4", "peft.method=none"), r"quant\.method=bnb_4bit with peft\.method=none"),
     # graph and cross-field
-    "dpo loss weights": (("stage.dpo.loss_weights=[1.0,2.0]",), r"stage\.dpo\.loss_weights: 2 weight\(s\) for 1 loss type"),
+    "dpo loss weights": (("pipeline=sft_dpo", "stage.dpo.loss_weights=[1.0,2.0]"), r"stage\.dpo\.loss_weights: 2 weight\(s\) for 1 loss type"),
     "ppo without reward": (("pipeline=sft_ppo",), r"pipeline\.nodes\.ppo: a ppo node needs exactly one reward source"),
     "ppo top-k sampling": (("pipeline=sft_ppo", LENGTH_REWARD, "stage.ppo.top_k=50"),
                            r"stage\.ppo\.top_k=50: PPO samples from the full softmax .* set stage\.ppo\.top_k=0"),
