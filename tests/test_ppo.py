@@ -237,3 +237,103 @@ def test_ppo_refuses_sharding_engines(compose, tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=r"pipeline.nodes.ppo: the ppo stage runs under plain data parallelism "
                                           r"only .* launched with FSDP: use accelerate/ddp.yaml"):
         run(cfg)
+
+
+@pytest.mark.parametrize("mode, truncated_score", [("subtract", 1.5), ("replace", -1.0)])
+def test_missing_eos_mode_subtracts_or_replaces_the_score(compose, mode, truncated_score):
+    """A constant reward 2.5: responses cut off without EOS score 2.5 - 1 (subtract) or exactly -1
+    (replace, the N+ details); finished ones keep 2.5."""
+    from alignlab.rl.shared_model import SharedBaseModel
+    from alignlab.rl.trainer import PPOTrainer
+
+    cfg = compose(*TINY_PPO, "pipeline=sft_ppo", f"stage.ppo.missing_eos_mode={mode}")
+    shared = SharedBaseModel(cfg, None, None, reference="base", value_init="fresh")
+    trainer = PPOTrainer(shared, cfg.stage.ppo, PROMPTS, "no", reward_fn=lambda prompts, responses: [2.5] * len(responses))
+    rollout = trainer.rollout(0)
+    finished = torch.tensor([sample["eos"] for sample in rollout.samples])
+    assert not finished.all()  # max_new_tokens=8: the tiny policy is cut off
+    assert rollout.scores[~finished].tolist() == [truncated_score] * int((~finished).sum())
+    assert rollout.scores[finished].tolist() == [2.5] * int(finished.sum())
+
+
+def test_ppo_optimizer_settings_and_lr_schedule_per_iteration(compose, tmp_path):
+    """Policy and value in two AdamW groups at their own rates, with the configured betas and eps;
+    both follow warmup x linear decay per iteration, and a resumed run continues the schedule."""
+    from alignlab.rl import rewards
+    from alignlab.rl.shared_model import SharedBaseModel
+    from alignlab.rl.trainer import PPOTrainer
+
+    cfg = compose(*TINY_PPO, "pipeline=sft_ppo", "stage.ppo.value_learning_rate=4e-3", "stage.ppo.iterations=3",
+                  "stage.ppo.lr_scheduler_type=linear", "stage.ppo.warmup_iterations=2",
+                  "stage.ppo.warmup_start_factor=0.2", "stage.ppo.adam_beta1=0.8", "stage.ppo.adam_beta2=0.95",
+                  "stage.ppo.adam_epsilon=1e-6")
+    fn = rewards.resolve(LENGTH)
+
+    def trainer():
+        return PPOTrainer(SharedBaseModel(cfg, None, None, reference="base", value_init="fresh"), cfg.stage.ppo,
+                          PROMPTS, "no", reward_fn=fn)
+
+    seen = []
+    first = trainer()
+    policy, value = first.optimizer.param_groups
+    assert all(a is b for a, b in zip(policy["params"], first.m.trainable()["policy"], strict=True))
+    assert value["params"][-1] is first.m.value_head.weight
+    for group in (policy, value):
+        assert group["betas"] == (0.8, 0.95) and group["eps"] == 1e-6
+    first.optimizer.register_step_post_hook(lambda opt, args, kwargs: seen.append(
+        (first.iteration, opt.param_groups[0]["lr"], opt.param_groups[1]["lr"])))
+    first.train(tmp_path / "ckpt", tmp_path / "samples.jsonl")
+    # factor(i) = (1 - i/3) x (0.2 + 0.8 i/2 while i < 2): 0.2, 2/3 x 0.6, 1/3
+    factors = [0.2, 0.4, 1 / 3]
+    expected = [(i, 1e-2 * f, 4e-3 * f) for i, f in enumerate(factors) for _ in range(4)]  # 2 epochs x 2 minibatches
+    assert [i for i, _, _ in seen] == [i for i, _, _ in expected]
+    torch.testing.assert_close(torch.tensor([s[1:] for s in seen]), torch.tensor([e[1:] for e in expected]),
+                               rtol=1e-12, atol=0)
+    assert [s["learning_rate"] for s in first.history] == pytest.approx([1e-2 * f for f in factors], rel=1e-12)
+
+    again = trainer()  # resumes from iter-2: the last iteration runs at the schedule's rate again
+    again.train(tmp_path / "ckpt", tmp_path / "samples.jsonl")
+    assert again.resumed_from == 2
+    assert [s["learning_rate"] for s in again.history] == pytest.approx([1e-2 * f for f in factors], rel=1e-12)
+
+
+def test_policy_ema_is_the_saved_adapter_and_resumes(compose, tmp_path):
+    """policy_ema=d: the exported adapter is the EMA (from the starting weights) of the policy after
+    every optimizer step, computed here by hand; the live policy is left as it was; the checkpoint
+    holds the EMA so far and a resumed run continues it."""
+    from alignlab.rl import rewards
+    from alignlab.rl.shared_model import SharedBaseModel
+    from alignlab.rl.trainer import PPOTrainer
+
+    d = 0.6
+    cfg = compose(*TINY_PPO, "pipeline=sft_ppo", f"stage.ppo.policy_ema={d}")
+    shared = SharedBaseModel(cfg, None, None, reference="base", value_init="fresh")
+    trainer = PPOTrainer(shared, cfg.stage.ppo, PROMPTS, "no", reward_fn=rewards.resolve(LENGTH))
+    named = [(n.replace(".default", ""), p) for n, p in shared.model.named_parameters() if ".default." in n]
+    assert all(a is b for (_, a), b in zip(named, trainer.policy_params, strict=True))
+    iterates = [[p.detach().clone() for _, p in named]]
+    trainer.optimizer.register_step_post_hook(lambda *a: iterates.append([p.detach().clone() for _, p in named]))
+    trainer.train(tmp_path / "ckpt", tmp_path / "samples.jsonl")
+    assert len(iterates) == 1 + 2 * 4  # start + 2 iterations x 2 epochs x 2 minibatches
+
+    def ema(steps):
+        average = iterates[0]
+        for weights in iterates[1:steps + 1]:
+            average = [d * a + (1 - d) * w for a, w in zip(average, weights)]
+        return average
+
+    trainer.export_policy(tmp_path / "adapter")
+    saved = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
+    assert set(saved) == {n for n, _ in named}
+    for (name, live), hand, last in zip(named, ema(8), iterates[-1]):
+        torch.testing.assert_close(saved[name], hand, rtol=1e-5, atol=1e-7)
+        assert torch.equal(live, last)  # the live policy is back
+    assert any(not torch.allclose(saved[n], p) for n, p in named)
+
+    checkpointed = torch.load(tmp_path / "ckpt" / "iter-1" / "ema.pt", weights_only=True)
+    for saved_ema, hand in zip(checkpointed, ema(4)):
+        torch.testing.assert_close(saved_ema, hand, rtol=1e-5, atol=1e-7)
+    again = PPOTrainer(SharedBaseModel(cfg, None, None, reference="base", value_init="fresh"), cfg.stage.ppo,
+                       PROMPTS, "no", reward_fn=rewards.resolve(LENGTH))
+    again._resume(tmp_path / "ckpt")
+    assert all(torch.equal(a, b) for a, b in zip(again.ema, checkpointed))

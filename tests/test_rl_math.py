@@ -13,9 +13,11 @@ from alignlab.rl import (
     explained_variance,
     gae,
     kl_penalty,
+    lr_factor,
     masked_mean,
     masked_var,
     masked_whiten,
+    penalize_missing_eos,
     policy_loss,
     rollout_targets,
     sequence_kl,
@@ -277,3 +279,25 @@ def test_adaptive_kl_controller(current_kl, expected):
     ctl = AdaptiveKLController(init_coef=0.1, target=6.0, horizon=10000)
     ctl.update(current_kl=current_kl, n_steps=256)
     assert ctl.coef == pytest.approx(expected, rel=1e-9)
+
+
+def test_missing_eos_penalty_subtracts_or_replaces():
+    scores, has_eos = torch.tensor([2.5, 2.5, -0.3]), torch.tensor([True, False, False])
+    close(penalize_missing_eos(scores, has_eos, 1.0, "subtract"), [2.5, 1.5, -1.3])
+    close(penalize_missing_eos(scores, has_eos, 1.0, "replace"), [2.5, -1.0, -1.0])
+    assert penalize_missing_eos(scores, has_eos, None, "replace") is scores
+    with pytest.raises(ValueError, match="'clip' is not one of subtract, replace"):
+        penalize_missing_eos(scores, has_eos, 1.0, "clip")
+
+
+@pytest.mark.parametrize(
+    "schedule, warmup, expected",
+    [
+        ("constant", 0, [1.0, 1.0, 1.0, 1.0]),
+        ("linear", 0, [1.0, 0.75, 0.5, 0.25]),  # N+: 1 - (it - 1) / 4 for it = 1..4
+        ("constant", 2, [0.1, 0.55, 1.0, 1.0]),  # from 0.1x: 0.1 + 0.9 * i / 2 while i < 2
+        ("linear", 2, [0.1, 0.75 * 0.55, 0.5, 0.25]),
+    ],
+)
+def test_lr_factor_by_hand(schedule, warmup, expected):
+    assert [lr_factor(i, 4, schedule, warmup, 0.1) for i in range(4)] == pytest.approx(expected, rel=1e-12)

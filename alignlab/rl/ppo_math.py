@@ -172,6 +172,33 @@ def rollout_targets(scores: Tensor, logprobs: Tensor, ref_logprobs: Tensor, valu
     return rewards, advantages, returns
 
 
+def penalize_missing_eos(scores: Tensor, has_eos: Tensor, penalty: Optional[float], mode: str) -> Tensor:
+    """Scores of responses without EOS minus `penalty` (mode subtract) or set to -penalty (replace,
+    as the N+ details); None: unchanged."""
+    if penalty is None:
+        return scores
+    if mode == "replace":
+        return torch.where(has_eos, scores, torch.full_like(scores, -penalty))
+    if mode == "subtract":
+        return scores - penalty * (~has_eos).to(scores.dtype)
+    raise ValueError(f"missing-EOS mode '{mode}' is not one of subtract, replace")
+
+
+def lr_factor(iteration: int, iterations: int, schedule: str, warmup: int, start_factor: float) -> float:
+    """Learning-rate multiplier of 0-based `iteration`: linear warmup from `start_factor` over
+    `warmup` iterations (InstructGPT), times the schedule's: constant 1, or linear 1 - iteration /
+    iterations (the N+ details' lr decay to 0)."""
+    if schedule == "linear":
+        factor = 1.0 - iteration / iterations
+    elif schedule == "constant":
+        factor = 1.0
+    else:
+        raise ValueError(f"lr schedule '{schedule}' is not one of constant, linear")
+    if iteration < warmup:
+        factor *= start_factor + (1.0 - start_factor) * iteration / warmup
+    return factor
+
+
 class FixedKLController:
     """Constant KL coefficient."""
 

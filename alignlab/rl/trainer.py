@@ -45,6 +45,7 @@ class Rollout:
     values: torch.Tensor
     advantages: torch.Tensor
     returns: torch.Tensor
+    scores: torch.Tensor  # [B] what the rewards are built from: after the EOS penalty and clip
     stats: Dict[str, float]
     samples: List[Dict[str, Any]]
 
@@ -95,7 +96,14 @@ class PPOTrainer:
                                 f"need at least rollout_batch_size={h.rollout_batch_size}")
         groups = shared.trainable()
         self.params = groups["policy"] + groups["value"]
-        self.optimizer = torch.optim.AdamW(self.params, lr=h.learning_rate, weight_decay=h.weight_decay, eps=1e-5)
+        # Two parameter groups, policy then value, at their base rates; `_set_lr` scales both per iteration.
+        self.base_lrs = [h.learning_rate, h.value_learning_rate or h.learning_rate]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": groups["policy"], "lr": self.base_lrs[0]}, {"params": groups["value"], "lr": self.base_lrs[1]}],
+            weight_decay=h.weight_decay, betas=(h.adam_beta1, h.adam_beta2), eps=h.adam_epsilon)
+        # policy_ema: the moving average of the policy weights (from the start), what the node saves.
+        self.policy_params = groups["policy"]
+        self.ema = [p.detach().float().clone() for p in self.policy_params] if h.policy_ema is not None else None
         if h.kl_target is not None:
             self.kl = F.AdaptiveKLController(h.kl_coef, h.kl_target, h.kl_horizon)
         else:
@@ -165,9 +173,8 @@ class PPOTrainer:
         else:
             with autocast(self.precision):
                 scores = m.scores(prompts, texts_out, has_eos.tolist(), h.reward_max_length, h.rollout_batch_size)
-        raw_scores = scores.clone()
-        if h.missing_eos_penalty is not None:
-            scores = scores - h.missing_eos_penalty * (~has_eos).float()
+        raw_scores = scores
+        scores = F.penalize_missing_eos(scores, has_eos, h.missing_eos_penalty, h.missing_eos_mode)
         if h.reward_clip is not None:
             scores = scores.clamp(-h.reward_clip, h.reward_clip)
 
@@ -191,7 +198,7 @@ class PPOTrainer:
         }
         samples = [{"iteration": iteration, "prompt": p[-1]["content"], "response": r, "eos": e, "score": s}
                    for p, r, e, s in zip(prompts, texts_out, has_eos.tolist(), raw_scores.tolist())]
-        return Rollout(out, attention, context, mask, logprobs, values, advantages, returns, stats, samples)
+        return Rollout(out, attention, context, mask, logprobs, values, advantages, returns, scores, stats, samples)
 
     # -- update ------------------------------------------------------------------------------
     def _sync_gradients(self) -> None:
@@ -241,11 +248,43 @@ class PPOTrainer:
                 sums.setdefault("grad_norm", []).append(float(grad_norm))
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
+                self._update_ema()
                 if not all(torch.isfinite(p).all() for p in self.params):
                     raise TrainingDivergedError(f"node {self.node}: a policy/value weight became NaN/inf at "
                                                 f"iteration {self.iteration + 1}; lower stage.ppo.learning_rate "
                                                 "(the last checkpoint is kept, the node is not published)")
         return {k: sum(v) / len(v) for k, v in sums.items()}
+
+    def _set_lr(self, iteration: int) -> float:
+        """Both groups at their base rate x the schedule's factor of `iteration`; the policy's rate."""
+        h = self.h
+        factor = F.lr_factor(iteration, h.iterations, h.lr_scheduler_type, h.warmup_iterations, h.warmup_start_factor)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * factor
+        return self.optimizer.param_groups[0]["lr"]
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        if self.ema is not None:
+            for average, p in zip(self.ema, self.policy_params):
+                average.mul_(self.h.policy_ema).add_(p.detach().float(), alpha=1.0 - self.h.policy_ema)
+
+    def export_policy(self, directory: Path) -> None:
+        """The node's policy adapter: the EMA of the policy weights if policy_ema is set, else the
+        live weights (which rollouts used; they are put back after the export)."""
+        if self.ema is None:
+            self.m.export_policy(directory)
+            return
+        live = [p.detach().clone() for p in self.policy_params]
+        with torch.no_grad():
+            for p, average in zip(self.policy_params, self.ema):
+                p.copy_(average)
+        try:
+            self.m.export_policy(directory)
+        finally:
+            with torch.no_grad():
+                for p, weights in zip(self.policy_params, live):
+                    p.copy_(weights)
 
     def _minibatch(self, r: Rollout, minibatch: List[int], micro: int) -> List[Dict[str, float]]:
         """Accumulate a minibatch's gradients over micro-batches of `micro` samples; their stats."""
@@ -286,8 +325,9 @@ class PPOTrainer:
         for iteration in bar:
             self.iteration = iteration
             start = time.time()
+            lr = self._set_lr(iteration)
             rollout = self._together(lambda: self.rollout(iteration))
-            stats = {**rollout.stats, **self.update(rollout)}
+            stats = {**rollout.stats, **self.update(rollout), "learning_rate": lr}
             self._together(lambda: self._check_reward(stats["reward/mean"]))
             stats = self._mean_across_processes(stats)
             self.kl.update(stats["kl"], h.rollout_batch_size * self.accelerator.num_processes)
@@ -297,7 +337,7 @@ class PPOTrainer:
             bar.set_postfix(reward=f"{stats['reward/mean']:.3f}", kl=f"{stats['kl']:.3f}")
             logged = (iteration + 1) % h.logging_steps == 0 or iteration + 1 == h.iterations
             if logged:  # stats are the same on every process: all stop together
-                collapse.update(iteration + 1, grad_norm=stats["grad_norm"], learning_rate=h.learning_rate)
+                collapse.update(iteration + 1, grad_norm=stats["grad_norm"], learning_rate=lr)
             if main:
                 if logged:
                     self.log_fn(stats, iteration + 1)
@@ -323,7 +363,7 @@ class PPOTrainer:
         return dict(zip(keys, reduced))
 
     def _save(self, checkpoint_dir: Path) -> None:
-        """iter-N/: policy and value weights, optimizer, KL coefficient, history (main process)."""
+        """iter-N/: policy and value weights, optimizer, policy EMA, KL coefficient, history (main process)."""
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             target = checkpoint_dir / f"iter-{self.iteration}"
@@ -331,6 +371,8 @@ class PPOTrainer:
             self.m.save_policy(tmp)
             self.m.save_value(tmp)
             torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            if self.ema is not None:
+                torch.save(self.ema, tmp / "ema.pt")
             (tmp / "state.json").write_text(json.dumps({"iteration": self.iteration, "kl_coef": self.kl.coef,
                                                         "history": self.history}))
             tmp.rename(target)
@@ -347,6 +389,11 @@ class PPOTrainer:
         self.m.load_policy(last)
         self.m.load_value(last)
         self.optimizer.load_state_dict(torch.load(last / "optimizer.pt", weights_only=True))
+        if self.ema is not None:
+            if not (last / "ema.pt").is_file():
+                raise AlignlabError(f"node {self.node}: checkpoint {last} has no policy EMA (ema.pt) but "
+                                    "stage.ppo.policy_ema is set; remove the checkpoint to start over")
+            self.ema = [t.to(self.m.device) for t in torch.load(last / "ema.pt", weights_only=True)]
         state = json.loads((last / "state.json").read_text())
         self.iteration, self.kl.coef, self.history = state["iteration"], state["kl_coef"], state["history"]
         self.resumed_from = self.iteration

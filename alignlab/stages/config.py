@@ -102,7 +102,15 @@ class PPOStageConfig:
     penalty per token, no discount, lambda 0.95, advantage whitening, EOS penalty, 4 PPO epochs.
     """
 
-    learning_rate: float = within(3e-5, gt=0)
+    learning_rate: float = within(3e-5, gt=0)  # the policy's; value_learning_rate None: the value's too
+    value_learning_rate: Optional[float] = within(None, gt=0)  # the value adapter and head's own rate
+    lr_scheduler_type: str = one_of("constant", "constant", "linear")  # linear: to 0 over `iterations`
+    warmup_iterations: int = within(0, ge=0)  # lr rises linearly from warmup_start_factor x over these
+    warmup_start_factor: float = within(0.1, gt=0, le=1)
+    adam_beta1: float = within(0.9, ge=0, lt=1)
+    adam_beta2: float = within(0.999, ge=0, lt=1)
+    adam_epsilon: float = within(1e-5, gt=0)
+    policy_ema: Optional[float] = within(None, gt=0, lt=1)  # set: the saved policy is this EMA of its weights
     iterations: int = within(100, ge=1)  # rollout + update rounds
     rollout_batch_size: int = within(16, ge=1)  # prompts sampled per iteration (per process)
     mini_batch_size: int = within(8, ge=1)  # samples per optimizer step
@@ -113,7 +121,8 @@ class PPOStageConfig:
     temperature: float = within(0.7, gt=0)
     top_k: int = within(0, ge=0)  # 0 (off) only: PPO samples from the full softmax its log-probs assume
     top_p: float = within(1.0, gt=0, le=1)  # 1.0 (off) only, as top_k
-    missing_eos_penalty: Optional[float] = 1.0  # subtracted from the score of responses without EOS
+    missing_eos_penalty: Optional[float] = 1.0  # for responses without EOS, as missing_eos_mode says
+    missing_eos_mode: str = one_of("subtract", "subtract", "replace")  # replace: their score is -penalty
     kl_estimator: str = one_of("k1", "k1", "k3")  # the logged `kl` the adaptive controller follows; the penalty is k1
     kl_coef: float = within(0.05, ge=0)  # initial coefficient of the per-token KL penalty
     kl_target: Optional[float] = within(None, gt=0)  # set: adaptive KL controller (Ziegler et al.) toward this KL
@@ -189,4 +198,7 @@ def ppo_problems(cfg, name: str, h, checked) -> List[str]:
         problems.append(f"pipeline.nodes.{name}: {len(data.train)} training prompt(s) in "
                         f"data.{checked.data_names[name]}, fewer than stage.ppo.rollout_batch_size="
                         f"{h.rollout_batch_size}")
+    if h.missing_eos_mode == "replace" and h.missing_eos_penalty is None:
+        problems.append("stage.ppo.missing_eos_mode=replace: set stage.ppo.missing_eos_penalty (the score of a "
+                        "response without EOS becomes its negative)")
     return problems + ppo_sampling_problems(h, mixed_precision(h.mixed_precision))

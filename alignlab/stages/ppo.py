@@ -56,7 +56,7 @@ def run(ctx: StageContext) -> Dict[str, float]:
     ctx.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     final = trainer.train(ctx.checkpoint_dir, ctx.work_dir / "samples.jsonl")
     if trainer.accelerator.is_main_process:
-        shared.export_policy(ctx.output_model_dir)
+        trainer.export_policy(ctx.output_model_dir)
         shared.save_value(ctx.work_dir / "value")
         ctx.tracker.table("samples", ctx.work_dir / "samples.jsonl")
     first = trainer.history[0]
