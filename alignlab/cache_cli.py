@@ -47,15 +47,25 @@ def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
+def _json(path: Path) -> dict:
+    """A JSON file of an entry ({} when absent); a damaged one is an error naming it."""
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise SystemExit(f"alignlab cache: error: {path} is not valid JSON ({err}); remove the entry "
+                         f"{path.parent} by hand or move it aside")
+
+
 def entries(cache_dir: Path) -> List[Entry]:
     out = []
     for path in sorted(p for p in cache_dir.iterdir() if p.is_dir()) if cache_dir.is_dir() else []:
-        marker, config = path / COMPLETE, path / "config.json"
+        marker = path / COMPLETE
         complete = marker.is_file()
-        node = json.loads(marker.read_text()).get("node") if complete else None
-        out.append(Entry(path=path, stage=path.name.split("-", 1)[0], node=node, complete=complete,
-                         size=_size(path), last_used=(marker if complete else path).stat().st_mtime,
-                         config=json.loads(config.read_text()) if config.is_file() else {}))
+        out.append(Entry(path=path, stage=path.name.split("-", 1)[0], node=_json(marker).get("node") if complete else None,
+                         complete=complete, size=_size(path), last_used=(marker if complete else path).stat().st_mtime,
+                         config=_json(path / "config.json")))
     return out
 
 

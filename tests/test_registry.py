@@ -110,3 +110,9 @@ def test_cache_list_and_gc(compose, data_home, model_cache, tmp_path):
     config.write_text(json.dumps({**json.loads(config.read_text()), "libraries": {"trl": "0.1"}}))
     subprocess.run([ALIGNLAB, "cache", "--dir", str(cache), "gc", "--stale"], env=env, check=True, capture_output=True)
     assert not list(cache.glob("sft-*"))
+    damaged = cache / "sft-fedcba9876543210"
+    damaged.mkdir()
+    (damaged / "COMPLETE").write_text("{not json")
+    bad = subprocess.run([ALIGNLAB, "cache", "--dir", str(cache), "list"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 1 and f"{damaged / 'COMPLETE'} is not valid JSON" in bad.stderr
+    assert "Traceback" not in bad.stderr and damaged.is_dir()  # nothing removed
