@@ -46,17 +46,17 @@ def run_experiment(cfg: DictConfig) -> Optional[float]:
         from alignlab.grid import objective_value
         from alignlab.pipeline import Pipeline
 
-        summary = Pipeline(cfg, checked).run()
-        objective = objective_value(cfg.objective, summary)
+        record = Pipeline(cfg, checked).run()
+        objective = objective_value(cfg.objective, record)
     except AlignlabError as err:
         log.error("%s", err)
         print(f"\nalignlab: error: {err}", file=sys.stderr)  # on its own line, after any progress bar
         if multirun:  # Hydra records the failed job (grid summary) and goes on with the others
             raise
         sys.exit(1)
-    log.info("summary: %s/summary.json", summary["run_dir"])
-    for name, node in summary["nodes"].items():
-        log.info("node %s (%s): %s %s", name, node["stage"], node["status"], node.get("artifact", ""))
+    log.info("summary: %s/summary.json", record.run_dir)
+    for name, node in record.nodes.items():
+        log.info("node %s (%s): %s %s", name, node.stage, node.status, node.artifact or "")
     if objective is not None:
         log.info("objective %s = %s", cfg.objective.metric, objective)
     return objective

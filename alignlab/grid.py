@@ -20,27 +20,29 @@ from typing import Any, Dict, List, Optional
 from filelock import FileLock
 from hydra.experimental.callback import Callback
 
+from alignlab.record import SUMMARY, RunRecord, load
 from alignlab.stages import headline
 
-def summary_row(summary: Dict[str, Any]) -> Dict[str, Any]:
-    """The flattened key metrics of one run's summary.json (the grid summary's metric columns)."""
+
+def summary_row(record: RunRecord) -> Dict[str, Any]:
+    """The flattened key metrics of one run (the grid summary's metric columns): each node's
+    status and its stage's headline metrics (the registry's), forgetting deltas, judge verdicts."""
     row: Dict[str, Any] = {}
-    for name, node in summary.get("nodes", {}).items():
-        row[f"{name}/status"] = node.get("status")
-        for metric in headline([node.get("stage")]):
-            value = (node.get("metrics") or {}).get(metric)
-            if value is not None:
-                row[f"{name}/{metric}"] = value
-    forgetting = summary.get("forgetting") or {}
-    if forgetting.get("nodes"):
-        row["forgetting/violations"] = len(forgetting.get("violations", []))
-    for name, node in forgetting.get("nodes", {}).items():
-        for d in node.get("deltas", []):
-            if d["gated"]:
-                row[f"{name}/{d['task'].replace('alignlab_', '')} Δbase"] = d["vs_base"]["delta"]
-    for key, c in ((summary.get("judge") or {}).get("comparisons") or {}).items():
-        row[f"judge {key} p_better"] = c.get("p_better")
-        row[f"judge {key} win_rate"] = c.get("win_rate")
+    for name, node in record.nodes.items():
+        row[f"{name}/status"] = node.status
+        for metric in headline([node.stage]):
+            if node.metrics.get(metric) is not None:
+                row[f"{name}/{metric}"] = node.metrics[metric]
+    forgetting = record.forgetting
+    if forgetting is not None and forgetting.nodes:
+        row["forgetting/violations"] = len(forgetting.violations)
+        for name, node in forgetting.nodes.items():
+            for d in node.deltas:
+                if d.gated:
+                    row[f"{name}/{d.task.replace('alignlab_', '')} Δbase"] = d.vs_base.delta
+    for key, c in (record.judge.comparisons if record.judge is not None else {}).items():
+        row[f"judge {key} p_better"] = c.p_better
+        row[f"judge {key} win_rate"] = c.win_rate
     return row
 
 
@@ -53,21 +55,21 @@ def job_row(job_dir: Path) -> Dict[str, Any]:
 
         overrides = yaml.safe_load(overrides_file.read_text()) or []
     row: Dict[str, Any] = {"job": job_dir.name, "overrides": " ".join(overrides)}
-    status_file, summary_file = job_dir / "job_status.json", job_dir / "summary.json"
+    status_file, summary_file = job_dir / "job_status.json", job_dir / SUMMARY
     status = json.loads(status_file.read_text()) if status_file.is_file() else {}
-    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
-    row["status"] = status.get("status") or summary.get("status") or "unknown"
-    row["error"] = status.get("error") or summary.get("error") or ""
-    return {**row, **summary_row(summary)}
+    record = load(summary_file) if summary_file.is_file() else None  # none: the job failed before writing one
+    row["status"] = status.get("status") or (record.status if record else "unknown")
+    row["error"] = status.get("error") or (record.error if record else "") or ""
+    return {**row, **(summary_row(record) if record else {})}
 
 
-def objective_value(objective, summary: Dict[str, Any]) -> Optional[float]:
+def objective_value(objective, record: RunRecord) -> Optional[float]:
     """The number a run returns to an optimising sweeper (conf `objective`), or None when unset."""
     from alignlab.errors import ConfigError
 
     if not objective.metric:
         return None
-    row = summary_row(summary)
+    row = summary_row(record)
     if objective.gate_fail_value is not None and row.get("forgetting/violations"):
         return float(objective.gate_fail_value)
     value = row.get(objective.metric)

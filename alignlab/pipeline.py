@@ -3,9 +3,7 @@ run the rest, evaluate and judge the generative ones, and write summary.json and
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -20,6 +18,7 @@ from alignlab.node_store import NodeStore, library_versions, node_key
 from alignlab.preflight import Checked, preflight
 from alignlab.provenance import paper_section
 from alignlab.ranks import MainProcessSignal
+from alignlab.record import SUMMARY, NodeData, NodeRecord, RunRecord, dump, from_dict
 from alignlab.eval.checks import ForgettingChecks
 from alignlab.eval.judge.runner import JudgeChecks
 from alignlab.report import write_report
@@ -39,15 +38,9 @@ class Pipeline:
         self.run_dir = Path(cfg.paths.run_dir).expanduser().resolve()
         # A read-only mirror (paths.data_home / ALIGNLAB_DATA_HOME), or None: the download cache.
         self.data_home = str(resolve_data_home(cfg.paths.data_home).root) if cfg.paths.data_home else None
-        self.summary: Dict[str, Any] = {
-            "name": cfg.name,
-            "run_dir": str(self.run_dir),
-            "started": datetime.now(timezone.utc).isoformat(),
-            "status": "running",
-            "nodes": {},
-        }
-        if cfg.paper.citation:
-            self.summary["paper"] = paper_section(cfg)
+        self.record = RunRecord(name=cfg.name, run_dir=str(self.run_dir),
+                                started=datetime.now(timezone.utc).isoformat(), status="running",
+                                paper=paper_section(cfg) if cfg.paper.citation else None)
         # Under `accelerate launch` every process runs the pipeline: all train each node together;
         # the main process alone holds the node lock, publishes artifacts, evaluates and reports.
         self.state = PartialState(cpu=not torch.cuda.is_available(),
@@ -59,7 +52,7 @@ class Pipeline:
         self.forgetting: Optional[ForgettingChecks] = None
         self.judging: Optional[JudgeChecks] = None
 
-    def run(self) -> Dict[str, Any]:
+    def run(self) -> RunRecord:
         order = self.checked.order
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -67,10 +60,10 @@ class Pipeline:
         try:
             if self.cfg.eval.enabled and self.main:
                 self.forgetting = ForgettingChecks(self.cfg, self.cache_dir, self.data_home)
-                self.summary["forgetting"] = self.forgetting.section
+                self.record.forgetting = self.forgetting.section
             if self.cfg.judge.enabled and self.main:
                 self.judging = JudgeChecks(self.cfg, self.cache_dir, self.data_home, self.run_dir)
-                self.summary["judge"] = self.judging.section
+                self.record.judge = self.judging.section
             self._evaluate(BASE, None)
             for name in order:
                 artifacts[name] = self._run_node(name, artifacts)
@@ -79,19 +72,18 @@ class Pipeline:
                     self._evaluate(name, artifacts[name])
             if self.judging is not None:
                 self.judging.judge()
-            self.summary["status"] = "ok"
+            self.record.status = "ok"
         except BaseException as err:
-            self.summary["status"] = "failed"
-            self.summary["error"] = f"{type(err).__name__}: {err}"
+            self.record.status, self.record.error = "failed", f"{type(err).__name__}: {err}"
             raise
         finally:
             if self.signal is not None:
-                self.signal.finish(self.summary.get("error"))
-            self.summary["finished"] = datetime.now(timezone.utc).isoformat()
+                self.signal.finish(self.record.error)
+            self.record.finished = datetime.now(timezone.utc).isoformat()
             if self.main:
                 self._write_summary()
                 self._report()
-        return self.summary
+        return self.record
 
     def _evaluate(self, name: str, artifact: Optional[Artifact]) -> None:
         """Forgetting checks and judged responses of the base (artifact None) or a generative node,
@@ -120,8 +112,8 @@ class Pipeline:
     def _report(self) -> None:
         """report.md/report.html and the W&B compare run; a failure here never masks the run's own."""
         try:
-            paths = write_report(self.summary, self.run_dir, self.cfg.judge.sample_responses)
-            log_comparison(self.cfg.logger, self.cfg.name, self.summary, paths)
+            paths = write_report(self.record, self.run_dir, self.cfg.judge.sample_responses)
+            log_comparison(self.cfg.logger, self.cfg.name, self.record, paths)
         except Exception:  # noqa: BLE001 - the run's outcome is already in summary.json
             log.exception("could not write the report of %s", self.run_dir)
 
@@ -136,22 +128,18 @@ class Pipeline:
     def _write_summary(self) -> None:
         if not self.main:
             return
-        tmp = self.run_dir / "summary.json.tmp"
-        tmp.write_text(json.dumps(self.summary, indent=2, default=str))
-        os.replace(tmp, self.run_dir / "summary.json")
+        dump(self.record, self.run_dir / SUMMARY)
 
     def _run_node(self, name: str, artifacts: Dict[str, Artifact]) -> Artifact:
         node = self.cfg.pipeline.nodes[name]
         data, data_name = self.checked.data[name], self.checked.data_names[name]
         upstream = {role: artifacts[node[role]] for role in UPSTREAM_ROLES if node.get(role) is not None}
         key = node_key(self.cfg, node.stage, self.checked.hparams[name], data.fingerprint, upstream)
-        entry = {
-            "stage": node.stage,
-            "key": key,
-            "upstream": {role: art.node for role, art in upstream.items()},
-            "data": {"name": data_name, **data.report, "overlap": self.checked.overlap[name]},
-        }
-        self.summary["nodes"][name] = entry
+        entry = NodeRecord(
+            stage=node.stage, key=key, upstream={role: art.node for role, art in upstream.items()},
+            data=from_dict(NodeData, {**data.report, "name": data_name, "overlap": self.checked.overlap[name]}),
+            hparams=redact(OmegaConf.to_container(self.checked.hparams[name], resolve=True)), status="running")
+        self.record.nodes[name] = entry
         start = time.time()
         if self.signal is not None:
             self.signal.reached(f"node-{name}")  # the main process is done evaluating the nodes before
@@ -159,16 +147,17 @@ class Pipeline:
             art = self.store.cached(name, node.stage, key, final)
             if art is not None:
                 log.info("node %s: cache hit %s", name, final)
-                entry.update(status="cached", artifact=str(final), metrics=art.metrics)
+                entry.status, entry.artifact, entry.metrics = "cached", str(final), art.metrics
                 return art
-            entry["status"] = "running"
             self._write_summary()
             try:
                 metrics = self._train(name, node, data, upstream, key, final)
             except BaseException as err:
-                entry.update(status="failed", error=f"{type(err).__name__}: {err}", seconds=time.time() - start)
+                entry.status, entry.error = "failed", f"{type(err).__name__}: {err}"
+                entry.seconds = round(time.time() - start, 2)
                 raise
-        entry.update(status="trained", artifact=str(final), metrics=metrics, seconds=round(time.time() - start, 2))
+        entry.status, entry.artifact, entry.metrics = "trained", str(final), metrics
+        entry.seconds = round(time.time() - start, 2)
         return Artifact(node=name, stage=node.stage, key=key, path=final, metrics=metrics)
 
     def _train(self, name, node, data, upstream, key, final) -> Dict[str, Any]:
@@ -202,6 +191,6 @@ class Pipeline:
         return metrics
 
 
-def run(cfg: DictConfig) -> Dict[str, Any]:
+def run(cfg: DictConfig) -> RunRecord:
     """Preflight (every check that needs no model), then the pipeline."""
     return Pipeline(cfg, preflight(cfg)).run()

@@ -16,6 +16,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from alignlab import record
 from alignlab.schema import one_of, within
 
 # choice: a deliberate different value; unsupported: alignlab cannot express the source's setting;
@@ -110,12 +111,12 @@ def stale_deviations(cfg: DictConfig) -> List[str]:
             if key in cfg.paper.deviations and same(OmegaConf.select(cfg, key), sourced.value)]
 
 
-def paper_section(cfg: DictConfig) -> Dict[str, Any]:
+def paper_section(cfg: DictConfig) -> record.PaperRecord:
     """summary.json's record of a paper run: the citation, its declared deviations, and where this
     run's values depart from the sources without one (a command-line override, a grid axis)."""
-    return {"citation": cfg.paper.citation,
-            "deviations": {k: {"kind": d.kind, "reason": d.reason} for k, d in cfg.paper.deviations.items()},
-            "departures": undeclared_mismatches(cfg)}
+    return record.PaperRecord(
+        citation=cfg.paper.citation, departures=undeclared_mismatches(cfg),
+        deviations={k: record.Deviation(kind=d.kind, reason=d.reason) for k, d in cfg.paper.deviations.items()})
 
 
 def leaves(node: Any, prefix: str = "") -> Iterator[Tuple[str, Any]]:

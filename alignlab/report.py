@@ -19,6 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from alignlab.eval.gate import stderr_key  # noqa: E402
+from alignlab.record import Delta, ForgettingRecord, JudgeRecord, PaperRecord, RunRecord  # noqa: E402
 from alignlab.stages import REGISTRY, headline  # noqa: E402
 
 Block = Tuple[str, Any]  # ("p", text) | ("table", (header, rows)) | ("img", path) | ("pre", text)
@@ -57,20 +58,19 @@ def _plot_curves(name: str, stage: str, records: List[dict], out: Path) -> Path 
     return path
 
 
-def _nodes_section(summary: dict, plots: Path) -> List[Block]:
-    metric_names = headline(node["stage"] for node in summary.get("nodes", {}).values())
+def _nodes_section(record: RunRecord, plots: Path) -> List[Block]:
+    metric_names = headline(node.stage for node in record.nodes.values())
     header = ["node", "stage", "status", "seconds", *metric_names]
     rows, blocks = [], []
-    for name, node in summary.get("nodes", {}).items():
-        metrics = node.get("metrics") or {}
-        rows.append([name, node["stage"], node.get("status"), node.get("seconds"), *[metrics.get(k) for k in metric_names]])
+    for name, node in record.nodes.items():
+        rows.append([name, node.stage, node.status, node.seconds, *[node.metrics.get(k) for k in metric_names]])
     keep = [i for i in range(len(header)) if i < 4 or any(r[i] is not None for r in rows)]
     blocks.append(("table", ([header[i] for i in keep], [[r[i] for i in keep] for r in rows])))
-    for name, node in summary.get("nodes", {}).items():
-        artifact = node.get("artifact")
+    for name, node in record.nodes.items():
+        artifact = node.artifact
         if not artifact:
             continue
-        curve = _plot_curves(name, node["stage"], _records(artifact), plots)
+        curve = _plot_curves(name, node.stage, _records(artifact), plots)
         if curve:
             blocks.append(("img", curve))
         margins = Path(artifact) / "reward_margins.png"
@@ -80,49 +80,49 @@ def _nodes_section(summary: dict, plots: Path) -> List[Block]:
     return blocks
 
 
-def _delta(d: dict | None) -> str:
+def _delta(d) -> str:
     """`-14.0 ± 6.1` (points ± the interval's half width), or the delta alone below two items."""
     if d is None:
         return ""
-    return f"{d['delta']:+.1f}" + ("" if d["hi"] is None else f" ± {d['hi'] - d['delta']:.1f}")
+    return f"{d.delta:+.1f}" + ("" if d.hi is None else f" ± {d.hi - d.delta:.1f}")
 
 
-def _forgetting_section(section: dict, plots: Path) -> List[Block]:
-    if not section or not section.get("base"):
+def _forgetting_section(section: ForgettingRecord | None, plots: Path) -> List[Block]:
+    if section is None or not section.base:
         return [("p", "Forgetting checks were off.")]
-    primary, nodes = section["metrics"], section["nodes"]
+    primary, nodes = section.metrics, section.nodes
     header = ["task", "metric", "base"] + [f"{n}: score (Δbase / Δparent), n" for n in nodes]
     rows = []
     for task, p in primary.items():
-        metric, scores = p["metric"], section["base"][task]
-        stderr = scores.get(stderr_key(metric))
-        label = task if p["gated"] else f"· {task} (shown, not gated)"
-        row = [label, metric + ("" if p["higher_is_better"] else " (lower is better)"),
-               f"{scores[metric]:.3f}" + (f" ± {stderr:.3f}" if stderr else "")]
-        for node in nodes.values():
-            d = next((d for d in node["deltas"] if d["task"] == task), None)
+        scores = section.base[task]
+        stderr = scores.get(stderr_key(p.metric))
+        label = task if p.gated else f"· {task} (shown, not gated)"
+        row = [label, p.metric + ("" if p.higher_is_better else " (lower is better)"),
+               f"{scores[p.metric]:.3f}" + (f" ± {stderr:.3f}" if stderr else "")]
+        for name in nodes:
+            d: Delta | None = section.delta(name, task)
             if d is None:
                 row.append("")
                 continue
-            parent = "" if d["vs_parent"] is None else f" / {_delta(d['vs_parent'])}"
-            row.append(f"{d['node']:.3f} ({_delta(d['vs_base'])}{parent}), n {d['vs_base']['n']}")
+            parent = "" if d.vs_parent is None else f" / {_delta(d.vs_parent)}"
+            row.append(f"{d.node:.3f} ({_delta(d.vs_base)}{parent}), n {d.vs_base.n}")
         rows.append(row)
-    violations = section.get("violations", [])
-    gate = (f"Gate ({section['gate']}, max drop {section['max_drop']} points, and the interval must exclude 0): "
+    violations = section.violations
+    gate = (f"Gate ({section.gate}, max drop {section.max_drop} points, and the interval must exclude 0): "
             + ("passed." if not violations else f"{len(violations)} violation(s): " + "; ".join(
-                f"{v['node']} {v['task']} {v['metric']} {v['before']:.3f} -> {v['after']:.3f} "
-                f"({v['delta']:+.1f} [{v['lo']:+.1f}, {v['hi']:+.1f}], n {v['n']})"
+                f"{v.node} {v.task} {v.metric} {v.before:.3f} -> {v.after:.3f} "
+                f"({v.delta:+.1f} [{v.lo:+.1f}, {v.hi:+.1f}], n {v.n})"
                 for v in violations)))
-    blocks: List[Block] = [("p", f"Tasks {', '.join(section['tasks'])}; limit {section['limit']} items. Deltas in "
-                                 f"points from paired per-item differences, ± the {section['confidence']:.0%} "
+    blocks: List[Block] = [("p", f"Tasks {', '.join(section.tasks)}; limit {section.limit} items. Deltas in "
+                                 f"points from paired per-item differences, ± the {section.confidence:.0%} "
                                  "interval's half width; n items."),
                            ("table", (header, rows)), ("p", gate)]
-    tasks = [t for t, p in primary.items() if p["gated"]]
-    models = {"base": section["base"], **{n: v["scores"] for n, v in nodes.items()}}
+    tasks = [t for t, p in primary.items() if p.gated]
+    models = {"base": section.base, **{n: v.scores for n, v in nodes.items()}}
     fig, ax = plt.subplots(figsize=(max(4, 1.6 * len(tasks)), 2.8))
     width = 0.8 / len(models)
     for k, (name, scores) in enumerate(models.items()):
-        metrics = [primary[t]["metric"] for t in tasks]
+        metrics = [primary[t].metric for t in tasks]
         values = [scores[t][m] for t, m in zip(tasks, metrics)]
         errors = [scores[t].get(stderr_key(m)) or 0 for t, m in zip(tasks, metrics)]
         ax.bar([i + k * width for i in range(len(tasks))], values, width, yerr=errors, label=name, capsize=2)
@@ -140,47 +140,44 @@ def _interval(value, ci) -> str:
     return "n/a" if value is None else f"{value:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]"
 
 
-def _judge_section(section: dict, plots: Path, samples: int) -> List[Block]:
-    if not section or not section.get("comparisons"):
-        return [("p", "Judging was off." if not section else "No comparisons were judged.")]
+def _judge_section(section: JudgeRecord | None, plots: Path, samples: int) -> List[Block]:
+    if section is None or not section.comparisons:
+        return [("p", "Judging was off." if section is None else "No comparisons were judged.")]
     header = ["a vs b", "P(a better) (CI)", "win", "tie", "loss", "unparseable", "win rate (CI)", "loss rate (CI)",
               "tie mass", "position bias", "consistency", "judge"]
-    rows = []
-    for c in section["comparisons"].values():
-        rows.append([f"{c['a']} vs {c['b']}", _interval(c["p_better"], c["p_better_ci"]), c["win"], c["tie"],
-                     c["loss"], c["unparseable"], _interval(c["win_rate"], c["win_rate_ci"]),
-                     _interval(c["loss_rate"], c["loss_rate_ci"]), _fmt(c["tie_mass"]), _fmt(c["position_bias"]),
-                     _fmt(c["consistency"]), _informative(c.get("judge_informative"))])
-    comparisons = list(section["comparisons"].values())
+    comparisons = list(section.comparisons.values())
+    rows = [[f"{c.a} vs {c.b}", _interval(c.p_better, c.p_better_ci), c.win, c.tie, c.loss, c.unparseable,
+             _interval(c.win_rate, c.win_rate_ci), _interval(c.loss_rate, c.loss_rate_ci), _fmt(c.tie_mass),
+             _fmt(c.position_bias), _fmt(c.consistency), _informative(c.judge_informative)] for c in comparisons]
     fig, ax = plt.subplots(figsize=(5, 0.5 + 0.45 * len(comparisons)))
-    labels = [f"{c['a']} vs {c['b']}" for c in comparisons]
+    labels = [f"{c.a} vs {c.b}" for c in comparisons]
     for i, c in enumerate(comparisons):
-        if c["p_better"] is None:
+        if c.p_better is None:
             continue
-        lo, hi = c["p_better_ci"]
-        err = [[max(0.0, c["p_better"] - lo)], [max(0.0, hi - c["p_better"])]]
-        ax.errorbar([c["p_better"]], [i], xerr=err, fmt="o", capsize=3)
+        lo, hi = c.p_better_ci
+        err = [[max(0.0, c.p_better - lo)], [max(0.0, hi - c.p_better)]]
+        ax.errorbar([c.p_better], [i], xerr=err, fmt="o", capsize=3)
     ax.axvline(0.5, color="grey", lw=0.8, ls="--")
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.set_xlim(0, 1)
-    ax.set_xlabel(f"P(a better) ({int(comparisons[0]['confidence'] * 100)}% bootstrap interval over prompts)")
+    ax.set_xlabel(f"P(a better) ({int(comparisons[0].confidence * 100)}% bootstrap interval over prompts)")
     fig.tight_layout()
     path = plots / "judge_p_better.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    models = list(dict.fromkeys([c["a"] for c in comparisons] + [c["b"] for c in comparisons]))
-    cells = {(c["a"], c["b"]): _interval(c["p_better"], c["p_better_ci"]) for c in comparisons}
+    models = list(dict.fromkeys([c.a for c in comparisons] + [c.b for c in comparisons]))
+    cells = {(c.a, c.b): _interval(c.p_better, c.p_better_ci) for c in comparisons}
     matrix = [[a, *[cells.get((a, b), "") for b in models]] for a in models if any((a, b) in cells for b in models)]
     blocks: List[Block] = [
-        ("p", f"Judge {section['judge']} with template {section['template']} on {section['prompts']['count']} "
+        ("p", f"Judge {section.judge} with template {section.template} on {section.prompts.count} "
               f"prompts, each pair judged in both orders: per prompt P(a better) = ½[P(A | a first) + "
               f"P(B | a second)] renormalised over a and b (the judge's probabilities where it gives them, "
-              f"else its parsed verdict); a prompt is a tie within {section.get('tie_margin', 0):g} of 0.5. "
+              f"else its parsed verdict); a prompt is a tie within {section.tie_margin or 0:g} of 0.5. "
               f"Tie mass: the judge's mean P(tie); position bias: mean P(A) − 0.5; consistency: share of "
               f"prompts where both orders lean to the same model. "
-              f"Unparseable judge replies: {section.get('unparseable_replies', 0)}."),
+              f"Unparseable judge replies: {section.unparseable_replies or 0}."),
         ("table", (header, rows)),
-        *_calibration(section.get("calibration")),
+        *_calibration(section.calibration),
         ("p", "P(row model better) against the column model, with its bootstrap interval."),
         ("table", (["a \\ b", *models], matrix)), ("img", path)]
     return blocks + _samples(section, samples)
@@ -196,12 +193,12 @@ def _calibration(calibration) -> List[Block]:
         return [("p", "The judge was not calibrated (judge.calibrate=false).")]
     header = ["reference set", "pairs", "agreement (CI)", "one-order agreement", "P(label better) (CI)",
               "consistency", "position bias", "tie mass", "unparseable", "informative"]
-    rows = [[name, m["n"], _interval(m["agreement"], m["agreement_ci"]), _fmt(m["agreement_one_order"]),
-             _interval(m["p_label_better"], m["p_label_better_ci"]), _fmt(m["consistency"]),
-             _fmt(m["position_bias"]), _fmt(m["tie_mass"]), m["unparseable"], "yes" if m["informative"] else "no"]
-            for name, m in calibration["sets"].items()]
+    rows = [[name, m.n, _interval(m.agreement, m.agreement_ci), _fmt(m.agreement_one_order),
+             _interval(m.p_label_better, m.p_label_better_ci), _fmt(m.consistency),
+             _fmt(m.position_bias), _fmt(m.tie_mass), m.unparseable, "yes" if m.informative else "no"]
+            for name, m in calibration.sets.items()]
     verdict = ("The judge is informative: on every set its agreement interval lies above 0.5."
-               if calibration["informative"] else
+               if calibration.informative else
                "Judge not informative: on at least one set its agreement interval reaches 0.5 or below, so the "
                "verdicts above are no evidence.")
     return [("p", f"Judge calibration on labelled pairs, each judged in both orders; agreement: share of pairs "
@@ -210,9 +207,9 @@ def _calibration(calibration) -> List[Block]:
             ("table", (header, rows))]
 
 
-def _samples(section: dict, count: int) -> List[Block]:
+def _samples(section: JudgeRecord, count: int) -> List[Block]:
     responses = {}
-    for model, path in section.get("responses", {}).items():
+    for model, path in section.responses.items():
         if Path(path).is_file():
             responses[model] = [json.loads(l) for l in Path(path).read_text().splitlines() if l.strip()]
     if not responses:
@@ -224,26 +221,26 @@ def _samples(section: dict, count: int) -> List[Block]:
     return [("p", "Sample responses"), ("table", (["prompt", *models], rows))]
 
 
-def _paper_section(section: dict) -> List[Block]:
-    blocks: List[Block] = [("p", f"Reproduces {section['citation']}.")]
-    if section["departures"]:
+def _paper_section(section: PaperRecord) -> List[Block]:
+    blocks: List[Block] = [("p", f"Reproduces {section.citation}.")]
+    if section.departures:
         blocks.append(("p", "This run departs from the paper's sourced values without a declared reason: "
-                       + "; ".join(section["departures"])))
-    rows = [[key, d["kind"], d["reason"]] for key, d in section["deviations"].items()]
+                       + "; ".join(section.departures)))
+    rows = [[key, d.kind, d.reason] for key, d in section.deviations.items()]
     return blocks + [("p", "Declared deviations from the paper"), ("table", (["key", "kind", "reason"], rows))]
 
 
-def _sections(summary: dict, plots: Path, samples: int) -> List[Tuple[str, List[Block]]]:
-    paper = [("Paper", _paper_section(summary["paper"]))] if "paper" in summary else []
+def _sections(record: RunRecord, plots: Path, samples: int) -> List[Tuple[str, List[Block]]]:
+    paper = [("Paper", _paper_section(record.paper))] if record.paper is not None else []
     return paper + [
-        ("Nodes", _nodes_section(summary, plots)),
-        ("Forgetting checks", _forgetting_section(summary.get("forgetting"), plots)),
-        ("Judge", _judge_section(summary.get("judge"), plots, samples)),
+        ("Nodes", _nodes_section(record, plots)),
+        ("Forgetting checks", _forgetting_section(record.forgetting, plots)),
+        ("Judge", _judge_section(record.judge, plots, samples)),
     ]
 
 
-def _markdown(title: str, summary: dict, sections, run_dir: Path) -> str:
-    out = [f"# {title}", "", f"Status: **{summary.get('status')}**" + (f" — {summary['error']}" if summary.get("error") else ""), ""]
+def _markdown(title: str, record: RunRecord, sections, run_dir: Path) -> str:
+    out = [f"# {title}", "", f"Status: **{record.status}**" + (f" — {record.error}" if record.error else ""), ""]
     for name, blocks in sections:
         out += [f"## {name}", ""]
         for kind, value in blocks:
@@ -259,12 +256,12 @@ def _markdown(title: str, summary: dict, sections, run_dir: Path) -> str:
     return "\n".join(out)
 
 
-def _html(title: str, summary: dict, sections) -> str:
+def _html(title: str, record: RunRecord, sections) -> str:
     esc = lambda v: html.escape(_fmt(v)).replace("\n", "<br>")  # noqa: E731
     out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title><style>"
            "body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;font-size:13px}"
            "td,th{border:1px solid #ccc;padding:4px;vertical-align:top}</style></head><body>",
-           f"<h1>{esc(title)}</h1><p>Status: <b>{esc(summary.get('status'))}</b> {esc(summary.get('error', ''))}</p>"]
+           f"<h1>{esc(title)}</h1><p>Status: <b>{esc(record.status)}</b> {esc(record.error or '')}</p>"]
     for name, blocks in sections:
         out.append(f"<h2>{esc(name)}</h2>")
         for kind, value in blocks:
@@ -281,14 +278,14 @@ def _html(title: str, summary: dict, sections) -> str:
     return "\n".join(out + ["</body></html>"])
 
 
-def write_report(summary: Dict[str, Any], run_dir: Path, samples: int = 3) -> Dict[str, Path]:
+def write_report(record: RunRecord, run_dir: Path, samples: int = 3) -> Dict[str, Path]:
     """Write report.md, report.html and plots/*.png into `run_dir`; returns their paths by name."""
     run_dir = Path(run_dir)
     plots = run_dir / "plots"
     plots.mkdir(parents=True, exist_ok=True)
-    sections = _sections(summary, plots, samples)
-    title = f"alignlab report: {summary.get('name')}"
-    (run_dir / "report.md").write_text(_markdown(title, summary, sections, run_dir), encoding="utf-8")
-    (run_dir / "report.html").write_text(_html(title, summary, sections), encoding="utf-8")
+    sections = _sections(record, plots, samples)
+    title = f"alignlab report: {record.name}"
+    (run_dir / "report.md").write_text(_markdown(title, record, sections, run_dir), encoding="utf-8")
+    (run_dir / "report.html").write_text(_html(title, record, sections), encoding="utf-8")
     return {"report.md": run_dir / "report.md", "report.html": run_dir / "report.html",
             **{p.name: p for p in sorted(plots.glob("*.png"))}}

@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, Optional
 from transformers import TrainerCallback
 
 from alignlab.eval.gate import stderr_key
+from alignlab.record import RunRecord
 
 _SECRET = re.compile(
     r"(api[_-]?key|secret|password|passwd|credential|auth|^token$|access[_-]?token|hub[_-]?token)", re.IGNORECASE
@@ -120,42 +121,45 @@ class NodeTracker:
         return _Forward()
 
 
-def comparison_tables(summary: Dict[str, Any]) -> Dict[str, tuple]:
+def comparison_tables(record: RunRecord) -> Dict[str, tuple]:
     """(columns, rows) of the forgetting and judge results, one row per (model, task) / comparison."""
     tables: Dict[str, tuple] = {}
-    forgetting = summary.get("forgetting") or {}
-    if forgetting.get("base"):
+    forgetting = record.forgetting
+    if forgetting is not None and forgetting.base:
         rows = []
-        models = {"base": (forgetting["base"], None), **{n: (v["scores"], v) for n, v in forgetting["nodes"].items()}}
-        for model, (scores, node) in models.items():
-            for task, p in forgetting["metrics"].items():
-                d = next((d for d in (node or {}).get("deltas", []) if d["task"] == task), None)
-                base, parent = (d["vs_base"], d["vs_parent"] or {}) if d else ({}, {})
-                rows.append([model, task, p["metric"], p["gated"], scores[task].get(p["metric"]),
-                             scores[task].get(stderr_key(p["metric"])), base.get("delta"), base.get("lo"),
-                             base.get("hi"), base.get("n"), parent.get("delta")])
+        models = {"base": forgetting.base, **{n: v.scores for n, v in forgetting.nodes.items()}}
+        for model, scores in models.items():
+            for task, p in forgetting.metrics.items():
+                d = forgetting.delta(model, task)
+                base, parent = (d.vs_base, d.vs_parent) if d else (None, None)
+                rows.append([model, task, p.metric, p.gated, scores[task].get(p.metric),
+                             scores[task].get(stderr_key(p.metric)), *_fields(base, "delta", "lo", "hi", "n"),
+                             *_fields(parent, "delta")])
         tables["forgetting"] = (["model", "task", "metric", "gated", "score", "stderr", "vs_base_points",
                                  "vs_base_ci_low", "vs_base_ci_high", "n", "vs_parent_points"], rows)
-    judge = summary.get("judge") or {}
-    if judge.get("comparisons"):
-        rows = [[c["a"], c["b"], c["p_better"], *(c["p_better_ci"] or [None, None]), c["win"], c["tie"], c["loss"],
-                 c["unparseable"], c["win_rate"], c["win_rate_ci"][0], c["win_rate_ci"][1], c["tie_mass"],
-                 c["position_bias"], c["consistency"], c.get("judge_informative")]
-                for c in judge["comparisons"].values()]
+    judge = record.judge
+    if judge is not None and judge.comparisons:
+        rows = [[c.a, c.b, c.p_better, *(c.p_better_ci or [None, None]), c.win, c.tie, c.loss, c.unparseable,
+                 c.win_rate, c.win_rate_ci[0], c.win_rate_ci[1], c.tie_mass, c.position_bias, c.consistency,
+                 c.judge_informative] for c in judge.comparisons.values()]
         tables["judge"] = (["a", "b", "p_better", "p_better_ci_low", "p_better_ci_high", "win", "tie", "loss",
                             "unparseable", "win_rate", "win_rate_ci_low", "win_rate_ci_high", "tie_mass",
                             "position_bias", "consistency", "judge_informative"], rows)
-    if judge.get("calibration"):
-        rows = [[name, m["n"], m["agreement"], *m["agreement_ci"], m["agreement_one_order"], m["p_label_better"],
-                 m["consistency"], m["position_bias"], m["tie_mass"], m["informative"]]
-                for name, m in judge["calibration"]["sets"].items()]
+    if judge is not None and judge.calibration is not None:
+        rows = [[name, m.n, m.agreement, *m.agreement_ci, m.agreement_one_order, m.p_label_better, m.consistency,
+                 m.position_bias, m.tie_mass, m.informative] for name, m in judge.calibration.sets.items()]
         tables["judge_calibration"] = (["set", "pairs", "agreement", "agreement_ci_low", "agreement_ci_high",
                                         "agreement_one_order", "p_label_better", "consistency", "position_bias",
                                         "tie_mass", "informative"], rows)
     return tables
 
 
-def log_comparison(logger_cfg, experiment: str, summary: Dict[str, Any], files: Dict[str, Path]) -> None:
+def _fields(value: Any, *names: str) -> list:
+    """The named attributes of `value`, or Nones when it is None."""
+    return [None if value is None else getattr(value, n) for n in names]
+
+
+def log_comparison(logger_cfg, experiment: str, record: RunRecord, files: Dict[str, Path]) -> None:
     """One W&B run per experiment (job_type `compare`): forgetting and judge tables, plots, node metrics."""
     if logger_cfg.backend != "wandb" or logger_cfg.mode == "disabled":
         return
@@ -163,15 +167,16 @@ def log_comparison(logger_cfg, experiment: str, summary: Dict[str, Any], files: 
 
     run = wandb.init(project=logger_cfg.project, entity=logger_cfg.entity, group=logger_cfg.group or experiment,
                      job_type="compare", name=f"{experiment}-compare", tags=list(logger_cfg.tags),
-                     mode=logger_cfg.mode, dir=summary["run_dir"], reinit="finish_previous",
-                     config={"nodes": {n: {"stage": v["stage"], "key": v["key"]} for n, v in summary["nodes"].items()}})
+                     mode=logger_cfg.mode, dir=record.run_dir, reinit="finish_previous",
+                     config={"nodes": {n: {"stage": v.stage, "key": v.key, "hparams": v.hparams}
+                                       for n, v in record.nodes.items()}})
     try:
         payload: Dict[str, Any] = {name: wandb.Table(columns=cols, data=rows)
-                                   for name, (cols, rows) in comparison_tables(summary).items()}
+                                   for name, (cols, rows) in comparison_tables(record).items()}
         payload.update({f"plots/{p.stem}": wandb.Image(str(p)) for name, p in files.items() if p.suffix == ".png"})
         run.log(payload)
-        for node, entry in summary["nodes"].items():
-            run.summary.update({f"{node}/{k}": v for k, v in (entry.get("metrics") or {}).items()
+        for node, entry in record.nodes.items():
+            run.summary.update({f"{node}/{k}": v for k, v in entry.metrics.items()
                                 if isinstance(v, (int, float)) and not isinstance(v, bool)})
     finally:
         run.finish()

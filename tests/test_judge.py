@@ -147,17 +147,17 @@ def _run(compose, tmp_path, run_name, *extra):
 
 
 def test_judged_pipeline_report_and_cache(compose, tmp_path):
-    summary, run_dir = _run(compose, tmp_path, "run1")
-    judge = summary["judge"]
-    assert judge["template"].endswith("pair-v2") and judge["prompts"]["count"] == 3
-    assert set(judge["responses"]) == {"base", "sft", "dpo"}
-    assert set(judge["comparisons"]) == {"sft:base", "dpo:sft"}
-    for c in judge["comparisons"].values():
+    record, run_dir = _run(compose, tmp_path, "run1")
+    judge = record.judge
+    assert judge.template.endswith("pair-v2") and judge.prompts.count == 3
+    assert set(judge.responses) == {"base", "sft", "dpo"}
+    assert set(judge.comparisons) == {"sft:base", "dpo:sft"}
+    for c in judge.comparisons.values():
         # The logprob verdict always parses: every prompt has a P(a better), and is a win, tie or loss.
-        assert c["unparseable"] == 0 and c["win"] + c["tie"] + c["loss"] == c["n"] == 3
-        assert 0.0 <= c["p_better_ci"][0] <= c["p_better"] <= c["p_better_ci"][1] <= 1.0
-        assert 0.0 <= c["win_rate_ci"][0] <= c["win_rate"] <= c["win_rate_ci"][1] <= 1.0
-        assert 0.0 <= c["tie_mass"] <= 1.0 and -0.5 <= c["position_bias"] <= 0.5 and 0 <= c["consistency"] <= 1
+        assert c.unparseable == 0 and c.win + c.tie + c.loss == c.n == 3
+        assert 0.0 <= c.p_better_ci[0] <= c.p_better <= c.p_better_ci[1] <= 1.0
+        assert 0.0 <= c.win_rate_ci[0] <= c.win_rate <= c.win_rate_ci[1] <= 1.0
+        assert 0.0 <= c.tie_mass <= 1.0 and -0.5 <= c.position_bias <= 0.5 and 0 <= c.consistency <= 1
     lines = [json.loads(l) for l in (run_dir / "judgements.jsonl").read_text().splitlines()]
     assert len(lines) == 2 * 3 and all(l["reply_a_first"] and l["reply_b_first"] for l in lines)
     for line in lines:  # the judgements are the judge's probabilities; P(a better) follows from them
@@ -165,15 +165,15 @@ def test_judged_pipeline_report_and_cache(compose, tmp_path):
         assert sum(first.values()) == pytest.approx(1.0) and sum(second.values()) == pytest.approx(1.0)
         x, y = (first["A"] + second["B"]) / 2, (first["B"] + second["A"]) / 2
         assert line["p_a_better"] == pytest.approx(x / (x + y))
-    sft = judge["comparisons"]["sft:base"]
-    assert sft["p_better"] == pytest.approx(sum(l["p_a_better"] for l in lines if l["a"] == "sft") / 3)
+    sft = judge.comparisons["sft:base"]
+    assert sft.p_better == pytest.approx(sum(l["p_a_better"] for l in lines if l["a"] == "sft") / 3)
     # Calibrated first on 4 labelled pairs per set; every comparison says whether the judge is informative.
-    calibration = judge["calibration"]
-    assert set(calibration["sets"]) == {"alpaca_eval_gpt4_annotations", "human:preference"}
-    for m in calibration["sets"].values():
-        assert m["n"] == 4 and m["agreement_ci"][0] <= m["agreement"] <= m["agreement_ci"][1]
-    assert calibration["informative"] == all(m["informative"] for m in calibration["sets"].values())
-    assert all(c["judge_informative"] == calibration["informative"] for c in judge["comparisons"].values())
+    calibration = judge.calibration
+    assert set(calibration.sets) == {"alpaca_eval_gpt4_annotations", "human:preference"}
+    for m in calibration.sets.values():
+        assert m.n == 4 and m.agreement_ci[0] <= m.agreement <= m.agreement_ci[1]
+    assert calibration.informative == all(m.informative for m in calibration.sets.values())
+    assert all(c.judge_informative == calibration.informative for c in judge.comparisons.values())
     for model in ("base", "sft", "dpo"):
         rows = [json.loads(l) for l in (run_dir / "responses" / f"{model}.jsonl").read_text().splitlines()]
         assert len(rows) == 3 and rows[0]["question"] == "How can I improve my time management skills?"
@@ -190,9 +190,9 @@ def test_judged_pipeline_report_and_cache(compose, tmp_path):
     # Second run: responses and verdicts come from the cache, the judgements are identical.
     cache = Path(compose(*JUDGED_TINY).paths.cache_dir) / "judge"
     entries = sorted(cache.rglob("*.json"))
-    summary2, run_dir2 = _run(compose, tmp_path, "run2")
+    record2, run_dir2 = _run(compose, tmp_path, "run2")
     assert sorted(cache.rglob("*.json")) == entries
-    assert summary2["judge"]["comparisons"] == judge["comparisons"]
+    assert record2.judge.comparisons == judge.comparisons
     assert (run_dir2 / "judgements.jsonl").read_text() == (run_dir / "judgements.jsonl").read_text()
 
 

@@ -32,10 +32,9 @@ def test_ppo_trains_policy_and_value_and_keeps_the_reference(compose, tmp_path):
     from alignlab.rl.trainer import PPOTrainer, gather_logprobs
 
     cfg = compose(*TINY_PPO, "pipeline=sft_rm_ppo", "stage.ppo.collapse_patience=1", f"paths.run_dir={tmp_path / 'run'}")
-    summary = run(cfg)
-    nodes = summary["nodes"]
-    sft, rm, ppo = (Path(nodes[n]["artifact"]) for n in ("sft", "rm", "ppo"))
-    metrics = nodes["ppo"]["metrics"]
+    nodes = run(cfg).nodes
+    sft, rm, ppo = (Path(nodes[n].artifact) for n in ("sft", "rm", "ppo"))
+    metrics = nodes["ppo"].metrics
     assert metrics["iterations"] == 2 and metrics["episodes"] == 8
 
     # Every policy LoRA tensor moved away from the SFT adapter it started from.

@@ -13,7 +13,7 @@ import pytest
 from omegaconf import open_dict
 
 from alignlab.config import NodeConfig
-from alignlab.grid import summary_row
+from alignlab.grid import write_grid_summary
 from alignlab.pipeline import run as run_pipeline
 from alignlab.report import write_report
 from alignlab.stages import REGISTRY, StageSpec, register
@@ -25,16 +25,17 @@ BETAS = (*TINY_SFT, *TINY_PREFERENCE, "pipeline=dpo_betas", "stage.dpo.max_steps
 
 def test_dpo_variants_train_with_their_own_beta_on_one_sft_node(compose, tmp_path):
     cache = tmp_path / "cache"
-    first = run_pipeline(compose(*BETAS, run_dir=tmp_path / "r1", cache_dir=cache))["nodes"]
+    first = run_pipeline(compose(*BETAS, run_dir=tmp_path / "r1", cache_dir=cache)).nodes
     variants = {"dpo_b005": 0.05, "dpo_b01": 0.1, "dpo_b05": 0.5}
-    assert len({first[n]["key"] for n in variants}) == 3
+    assert len({first[n].key for n in variants}) == 3
     for name, beta in variants.items():
-        assert first[name]["status"] == "trained" and first[name]["upstream"] == {"policy": "sft"}
-        config = json.loads((Path(first[name]["artifact"]) / "config.json").read_text())
+        assert first[name].status == "trained" and first[name].upstream == {"policy": "sft"}
+        assert first[name].hparams["beta"] == beta
+        config = json.loads((Path(first[name].artifact) / "config.json").read_text())
         assert config["hparams"]["beta"] == beta and config["libraries"]["trl"]
-    assert first["sft"]["status"] == "trained"
-    again = run_pipeline(compose(*BETAS, run_dir=tmp_path / "r2", cache_dir=cache))["nodes"]
-    assert {node["status"] for node in again.values()} == {"cached"}
+    assert first["sft"].status == "trained"
+    again = run_pipeline(compose(*BETAS, run_dir=tmp_path / "r2", cache_dir=cache)).nodes
+    assert all(node.cache_hit for node in again.values())
 
 
 def test_node_settings_are_checked_against_the_stage_schema(compose):
@@ -86,13 +87,20 @@ def test_a_stage_registered_in_a_test_module_runs_reports_and_summarises(copy_st
     cfg = compose(*TINY_SFT)
     with open_dict(cfg):
         cfg.pipeline.nodes["copy"] = NodeConfig(stage="copy", init="sft")
-    summary = run_pipeline(cfg)
-    node = summary["nodes"]["copy"]
-    assert node["status"] == "trained" and node["metrics"]["copied_files"] >= 2
-    assert (Path(node["artifact"]) / "adapter" / "adapter_model.safetensors").is_file()
-    paths = write_report(summary, tmp_path / "report")
+    record = run_pipeline(cfg)
+    node = record.nodes["copy"]
+    assert node.status == "trained" and node.metrics["copied_files"] >= 2
+    assert (Path(node.artifact) / "adapter" / "adapter_model.safetensors").is_file()
+    paths = write_report(record, tmp_path / "report")
     assert "| copy | copy | trained |" in paths["report.md"].read_text()
-    assert summary_row(summary)["copy/copied_files"] == node["metrics"]["copied_files"]
+    # the grid summary of a sweep holding this run: the copy stage's headline metric is a column
+    job = tmp_path / "sweep" / "0"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("[seed=1]")
+    shutil.copy(Path(record.run_dir) / "summary.json", job / "summary.json")
+    [row] = write_grid_summary(tmp_path / "sweep")
+    assert row["copy/status"] == "trained" and row["copy/copied_files"] == node.metrics["copied_files"]
+    assert "copy/copied_files" in (tmp_path / "sweep" / "grid_summary.csv").read_text().splitlines()[0]
 
 
 def test_cache_list_and_gc(compose, data_home, model_cache, tmp_path):

@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 
 from alignlab.eval.forgetting import compact_scores, evaluate_model
 from alignlab.eval.gate import ForgettingGateError, check_gate, deltas, primary_metrics
+from alignlab.record import Delta, ForgettingNode, ForgettingRecord, PrimaryMetric, Violation, from_dict
 
 RESULTS_FORMAT = 2  # 2: with per-item scores
 
@@ -33,11 +34,9 @@ class ForgettingChecks:
         self.results: Dict[str, Dict[str, Any]] = {}
         self.primary: Dict[str, dict] = {}
         e = OmegaConf.to_container(cfg.eval, resolve=True)
-        self.section: Dict[str, Any] = {
-            "tasks": e["tasks"], "limit": e["limit"], "num_fewshot": e["num_fewshot"], "max_drop": e["max_drop"],
-            "gate": e["gate"], "confidence": e["confidence"], "metrics": {}, "base": None, "nodes": {},
-            "violations": [],
-        }
+        self.section = ForgettingRecord(
+            tasks=e["tasks"], limit=e["limit"], num_fewshot=e["num_fewshot"], max_drop=e["max_drop"], gate=e["gate"],
+            confidence=e["confidence"], metrics={}, base=None, nodes={}, violations=[])
 
     def _evaluate(self, identity: Dict[str, Any], load) -> Dict[str, Any]:
         settings = OmegaConf.to_container(self.eval_cfg, resolve=True)
@@ -58,8 +57,8 @@ class ForgettingChecks:
         """`identity` names the base model; `load()` gives (model, tokenizer) on a cache miss."""
         self.results["base"] = self._evaluate(identity, load)
         self.primary = primary_metrics(self.results["base"], dict(self.eval_cfg.metrics))
-        self.section["base"] = compact_scores(self.results["base"])
-        self.section["metrics"] = self.primary
+        self.section.base = compact_scores(self.results["base"])
+        self.section.metrics = {task: PrimaryMetric(**p) for task, p in self.primary.items()}
 
     def node(self, name: str, identity: Dict[str, Any], load, parent: Optional[str]) -> None:
         """Evaluate a finished node, tabulate paired deltas, and apply the gate (fail mode raises)."""
@@ -67,11 +66,12 @@ class ForgettingChecks:
         self.results[name] = results
         rows = deltas(self.results["base"], results, self.results.get(parent) if parent else None, self.primary,
                       self.eval_cfg.confidence)
-        self.section["nodes"][name] = {"scores": compact_scores(results), "parent": parent, "deltas": rows}
+        self.section.nodes[name] = ForgettingNode(scores=compact_scores(results), parent=parent,
+                                                  deltas=[from_dict(Delta, row) for row in rows])
         try:
             violations = check_gate(name, rows, dict(self.eval_cfg.max_drop), self.eval_cfg.gate,
                                     self.eval_cfg.confidence)
         except ForgettingGateError as err:
-            self.section["violations"].extend(err.violations)
+            self.section.violations.extend(Violation(**v) for v in err.violations)
             raise
-        self.section["violations"].extend(violations)
+        self.section.violations.extend(Violation(**v) for v in violations)

@@ -22,6 +22,7 @@ from alignlab.eval.judge.templates import load_template
 from alignlab.eval.judge.verdicts import Judgement, summarise, swap_debiased
 from alignlab.models.generation import chat_generate
 from alignlab.models.precision import mixed_precision
+from alignlab.record import Calibration, Comparison, JudgePrompts, JudgeRecord, from_dict
 from alignlab.stages import BASE, rivals
 
 log = logging.getLogger("alignlab.judge")
@@ -89,11 +90,10 @@ class JudgeChecks:
         self.responses: Dict[str, List[str]] = {}
         self.parents: Dict[str, Optional[str]] = {}
         self.stages: Dict[str, str] = {}
-        self.section: Dict[str, Any] = {
-            "backend": self.judge_cfg.backend, "judge": None, "template": self.template.name,
-            "prompts": {"dataset": self.judge_cfg.prompts, "count": len(self.prompts), **data.report},
-            "responses": {}, "comparisons": {},
-        }
+        self.section = JudgeRecord(
+            backend=self.judge_cfg.backend, judge=None, template=self.template.name,
+            prompts=from_dict(JudgePrompts, {**data.report, "dataset": self.judge_cfg.prompts, "count": len(self.prompts)}),
+            responses={}, comparisons={})
 
     def respond(self, label: str, identity: Dict[str, Any], load, stage: str = "base",
                 parent: Optional[str] = None) -> None:
@@ -116,7 +116,7 @@ class JudgeChecks:
             for question, prompt, response in zip(self.questions, self.prompts, responses):
                 f.write(json.dumps({"model": label, "prompt": prompt, "question": question,
                                     "response": response}, ensure_ascii=False) + "\n")
-        self.section["responses"][label] = str(path)
+        self.section.responses[label] = str(path)
 
     def comparisons(self) -> List[Tuple[str, str]]:
         if not self.judge_cfg.comparisons:
@@ -136,11 +136,12 @@ class JudgeChecks:
     def judge(self) -> None:
         """Judge every comparison on every prompt in both orders and tabulate the outcomes."""
         backend = make_backend(self.judge_cfg, self.cfg.paths.model_cache)
-        self.section["judge"] = backend.name
+        self.section.judge = backend.name
         if self.judge_cfg.calibrate:
             from alignlab.eval.judge.calibrate import calibrate
 
-            self.section["calibration"] = calibrate(self.cfg, backend, self.cache, self.template, self.data_home)
+            self.section.calibration = from_dict(
+                Calibration, calibrate(self.cfg, backend, self.cache, self.template, self.data_home))
         pairs = self.comparisons()
         # (comparison, prompt, order) -> the messages the judge sees; order 0: a is Assistant A.
         jobs = []
@@ -177,17 +178,17 @@ class JudgeChecks:
                         "reply_a_first": first["result"]["reply"], "reply_b_first": swapped["result"]["reply"],
                     }, ensure_ascii=False) + "\n")
                 result = summarise(prompts, a_shares, self.judge_cfg.confidence, self.judge_cfg.seed)
-                calibration = self.section.get("calibration")
-                self.section["comparisons"][f"{a}:{b}"] = {
-                    "a": a, "b": b, **result, "judge_informative": calibration["informative"] if calibration else None}
+                calibration = self.section.calibration
+                self.section.comparisons[f"{a}:{b}"] = Comparison(
+                    a=a, b=b, **result, judge_informative=calibration.informative if calibration else None)
                 log.info("judge %s vs %s: P(%s better) %s %s; %d win / %d tie / %d loss, %d unparseable, "
                          "tie mass %s, position bias %s, consistency %s", a, b, a, _num(result["p_better"]),
                          [_num(v) for v in result["p_better_ci"] or []], result["win"], result["tie"], result["loss"],
                          result["unparseable"], _num(result["tie_mass"]), _num(result["position_bias"]),
                          _num(result["consistency"]))
-        self.section["tie_margin"] = self.judge_cfg.tie_margin
-        self.section["unparseable_replies"] = unparseable_replies
-        self.section["judgements"] = str(path)
+        self.section.tie_margin = self.judge_cfg.tie_margin
+        self.section.unparseable_replies = unparseable_replies
+        self.section.judgements = str(path)
 
 
 def _probs(judgement: Optional[Judgement]) -> Optional[Dict[str, float]]:
