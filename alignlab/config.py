@@ -26,6 +26,7 @@ class NodeConfig:
 
     stage: str = "???"
     data: Optional[str] = None  # key into `data`; default: the stage kind's usual dataset
+    shard: Optional[str] = None  # "i/n": train on shard i of n of the dataset, split by prompt
     init: Optional[str] = None  # upstream whose weights initialise this node
     policy: Optional[str] = None  # upstream policy to continue (DPO, PPO)
     reward: Optional[str] = None  # upstream reward model (PPO)

@@ -137,7 +137,8 @@ class Pipeline:
         key = node_key(self.cfg, node.stage, self.checked.hparams[name], data.fingerprint, upstream)
         entry = NodeRecord(
             stage=node.stage, key=key, upstream={role: art.node for role, art in upstream.items()},
-            data=from_dict(NodeData, {**data.report, "name": data_name, "overlap": self.checked.overlap[name]}),
+            data=from_dict(NodeData, {**data.report, "name": data_name, "overlap": self.checked.overlap[name],
+                                      "train_overlap": self.checked.train_overlap[name]}),
             hparams=redact(OmegaConf.to_container(self.checked.hparams[name], resolve=True)), status="running")
         self.record.nodes[name] = entry
         start = time.time()

@@ -37,6 +37,7 @@ class Checked:
     data: Dict[str, Any] = field(default_factory=dict)  # node -> LoadedData
     data_names: Dict[str, str] = field(default_factory=dict)  # node -> key into cfg.data
     overlap: Dict[str, int] = field(default_factory=dict)  # node -> held-out prompts trained upstream
+    train_overlap: Dict[str, int] = field(default_factory=dict)  # node -> training prompts trained upstream
     comparisons: Optional[List[Tuple[str, str]]] = None  # None: defaults, decided when nodes finish
 
 
@@ -193,6 +194,7 @@ def _has_chat_template(directory: Path) -> bool:
 def _data_problems(cfg: DictConfig, checked: Checked, data_home: Optional[str]) -> List[str]:
     """Load every node's dataset (once per dataset and row kind)."""
     from alignlab.data import load_data
+    from alignlab.data.selection import parse_shard
 
     problems, loaded = [], {}
     for name in checked.order:
@@ -202,15 +204,20 @@ def _data_problems(cfg: DictConfig, checked: Checked, data_home: Optional[str]) 
             problems.append(f"pipeline.nodes.{name}.data: no dataset '{data_name}' in the data group "
                             f"(have: {', '.join(cfg.data) or 'none'})")
             continue
-        kind = REGISTRY[node.stage].data_kind
-        if (data_name, kind) not in loaded:
+        try:
+            shard = parse_shard(node.shard) if node.shard is not None else None
+        except ValueError as err:
+            problems.append(f"pipeline.nodes.{name}.shard: {err}")
+            continue
+        what = (data_name, REGISTRY[node.stage].data_kind, shard)
+        if what not in loaded:
             try:
-                loaded[data_name, kind] = load_data(cfg.data[data_name], kind, data_home=data_home)
+                loaded[what] = load_data(cfg.data[data_name], what[1], data_home=data_home, shard=shard)
             except AlignlabError as err:
-                loaded[data_name, kind] = None
-                problems.append(f"data.{data_name}: {err}")
-        if loaded[data_name, kind] is not None:
-            checked.data[name], checked.data_names[name] = loaded[data_name, kind], data_name
+                loaded[what] = None
+                problems.append(f"data.{data_name}" + (f" (pipeline.nodes.{name}.shard)" if shard else "") + f": {err}")
+        if loaded[what] is not None:
+            checked.data[name], checked.data_names[name] = loaded[what], data_name
     return problems
 
 
@@ -220,12 +227,13 @@ def ancestors(nodes: DictConfig, name: str) -> set:
     return ups.union(*(ancestors(nodes, up) for up in ups))
 
 
-def held_out_overlap(cfg: DictConfig, checked: Checked) -> Dict[str, int]:
-    """Per node: its held-out prompts that are training prompts of an upstream node (a leak; 0 when
-    every dataset is split with the same seed and no downstream dataset holds out a larger fraction)."""
+def upstream_overlap(cfg: DictConfig, checked: Checked, split: str) -> Dict[str, int]:
+    """Per node: prompts of its `split` rows (eval or train) that are training prompts of an upstream
+    node. Held out: a leak (0 when every dataset is split with the same seed and no downstream
+    dataset holds out a larger fraction); train: 0 when rounds of a method train on disjoint shards."""
     from alignlab.data.selection import overlap
 
-    return {name: overlap(checked.data[name].eval,
+    return {name: overlap(getattr(checked.data[name], split),
                           [checked.data[up].train for up in sorted(ancestors(cfg.pipeline.nodes, name))])
             for name in checked.order}
 
@@ -332,7 +340,8 @@ def preflight(cfg: DictConfig) -> Checked:
     if problems:
         head = f"{len(problems)} problems in the config:\n  " if len(problems) > 1 else ""
         raise ConfigError(head + "\n  ".join(problems))
-    checked.overlap = held_out_overlap(cfg, checked)
+    checked.overlap = upstream_overlap(cfg, checked, "eval")
+    checked.train_overlap = upstream_overlap(cfg, checked, "train")
     return checked
 
 
@@ -351,8 +360,9 @@ def describe_plan(cfg: DictConfig, checked: Checked) -> str:
         path = store.entry(node.stage, key)
         artifacts[name] = Artifact(node=name, stage=node.stage, key=key, path=path)
         ups = ", ".join(f"{role}={art.node}" for role, art in upstream.items()) or "base model"
+        shard = f" (shard {node.shard})" if node.shard else ""
         lines.append(f"  {i}. {name} ({node.stage}) key {key[:16]}: {'cached' if store.is_complete(path) else 'to train'}; "
-                     f"from {ups}; data.{checked.data_names[name]} {data.report['train']} train / "
+                     f"from {ups}; data.{checked.data_names[name]}{shard} {data.report['train']} train / "
                      f"{data.report['eval']} eval rows"
                      + (f"; {checked.overlap[name]} held-out prompt(s) trained upstream" if checked.overlap[name] else ""))
     e = cfg.eval

@@ -42,6 +42,15 @@ class Step:
 
 
 @dataclass(kw_only=True)
+class ShardReport:
+    """The node trained on shard `index` of `count` (by prompt); `rows`: train rows in each shard."""
+
+    index: int
+    count: int
+    rows: List[int]
+
+
+@dataclass(kw_only=True)
 class DataReport:
     """`alignlab.data.load_data`'s account of a dataset (see LoadedData)."""
 
@@ -60,15 +69,17 @@ class DataReport:
     truncated: Dict[str, int]
     train: int
     eval: int
+    shard: Optional[ShardReport] = _omitted()
 
 
 @dataclass(kw_only=True)
 class NodeData(DataReport):
     """A node's dataset: its key in the data group, the report, and how many of its held-out
-    prompts an upstream node trained on."""
+    (`overlap`) and training (`train_overlap`) prompts an upstream node trained on."""
 
     name: str
     overlap: int
+    train_overlap: int
 
 
 @dataclass(kw_only=True)

@@ -200,6 +200,27 @@ def test_pairs_sharing_a_prompt_land_on_the_same_side_in_every_kind(home, tmp_pa
     assert 2 * len(a.eval) == len(b.eval) > 0
 
 
+def test_shards_split_training_rows_by_prompt_and_keep_the_held_out_rows(tmp_path):
+    from alignlab.data.selection import prompt_key
+
+    pairs = [{"chosen": [{"role": "user", "content": (f"Question {i}?", f" QUESTION  {i}?")[j]},
+                         {"role": "assistant", "content": f"yes {i}"}],
+              "rejected": [{"role": "user", "content": f"question {i}?"}, {"role": "assistant", "content": f"no {j}"}]}
+             for i in range(90) for j in range(2)]  # two pairs per prompt, the prompt's case and spaces varied
+    path = write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    cfg = DataConfig(source=str(path), format="messages", eval_fraction=0.2, max_train_rows=20)
+    whole = load_data(cfg, "preference")
+    shards = [load_data(cfg, "preference", shard=(i, 3)) for i in (1, 2, 3)]
+    prompts = [{prompt_key(r) for r in s.train} for s in shards]
+    assert all(prompts) and not (prompts[0] & prompts[1] or prompts[0] & prompts[2] or prompts[1] & prompts[2])
+    assert all(s.eval == whole.eval for s in shards)  # one held-out split for every shard
+    rows = shards[0].report["shard"]["rows"]
+    assert sum(rows) == whole.report["train"] + whole.report["truncated"]["train"]  # before max_train_rows
+    assert all(s.report["shard"] == {"index": i, "count": 3, "rows": rows} for i, s in enumerate(shards, 1))
+    assert [s.report["train"] for s in shards] == [min(20, n) for n in rows]
+    assert len({whole.fingerprint, *(s.fingerprint for s in shards)}) == 4
+
+
 def _overlap(compose, *overrides):
     from alignlab.preflight import preflight
 

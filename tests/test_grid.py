@@ -87,14 +87,16 @@ def test_objective_value_reads_a_summary_column():
 
     from alignlab.errors import ConfigError
     from alignlab.grid import objective_value
+    from alignlab.record import Violation, load
 
-    summary = {"nodes": {"dpo": {"stage": "dpo", "status": "trained", "metrics": {"eval_rewards/accuracies": 0.75}}},
-               "forgetting": {"nodes": {"dpo": {"deltas": []}}, "violations": []}}
+    record = load(Path(__file__).parent / "data" / "summary_v1.json")  # a real run's: sft -> dpo, judged
+    record.nodes["dpo"].metrics["eval_rewards/accuracies"] = 0.75
     objective = SimpleNamespace(metric="dpo/eval_rewards/accuracies", gate_fail_value=0.0)
-    assert objective_value(objective, summary) == 0.75
-    summary["forgetting"]["violations"] = [{"node": "dpo", "task": "alignlab_arc_easy"}]
-    assert objective_value(objective, summary) == 0.0  # the forgetting gate failed
-    assert objective_value(SimpleNamespace(metric=None, gate_fail_value=None), summary) is None
+    assert objective_value(objective, record) == 0.75
+    record.forgetting.violations = [Violation(node="dpo", task="alignlab_piqa", metric="acc", before=0.5, after=0.25,
+                                              delta=-25.0, lo=-40.0, hi=-10.0, n=4, confidence=0.95, max_drop=5)]
+    assert objective_value(objective, record) == 0.0  # the forgetting gate failed
+    assert objective_value(SimpleNamespace(metric=None, gate_fail_value=None), record) is None
     with pytest.raises(ConfigError, match=r"objective.metric 'dpo/nope' is not a number .* numeric columns: "
-                                          r"dpo/eval_rewards/accuracies, forgetting/violations"):
-        objective_value(SimpleNamespace(metric="dpo/nope", gate_fail_value=None), summary)
+                                          r".*dpo/eval_rewards/accuracies, .*forgetting/violations"):
+        objective_value(SimpleNamespace(metric="dpo/nope", gate_fail_value=None), record)

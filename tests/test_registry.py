@@ -38,6 +38,39 @@ def test_dpo_variants_train_with_their_own_beta_on_one_sft_node(compose, tmp_pat
     assert all(node.cache_hit for node in again.values())
 
 
+ROUNDS = (*TINY_SFT, *TINY_PREFERENCE, "pipeline=iterative_dpo", "stage.dpo.max_steps=2")
+
+
+def test_iterative_dpo_continues_round_one_on_a_disjoint_shard(compose, tmp_path):
+    from alignlab.data import load_data
+    from alignlab.data.selection import prompt_key
+    from alignlab.preflight import preflight
+
+    cfg = compose(*ROUNDS)
+    checked = preflight(cfg)
+    r1, r2 = ({prompt_key(row) for row in checked.data[n].train} for n in ("dpo_r1", "dpo_r2"))
+    assert r1 and r2 and not r1 & r2
+    nodes = run_pipeline(cfg).nodes
+    assert nodes["dpo_r1"].upstream == {"policy": "sft"} and nodes["dpo_r2"].upstream == {"policy": "dpo_r1"}
+    config = json.loads((Path(nodes["dpo_r2"].artifact) / "config.json").read_text())
+    assert config["upstream"]["policy"]["key"] == nodes["dpo_r1"].key
+    whole = load_data(cfg.data.preference, "preference", data_home=cfg.paths.data_home)
+    for name, index in (("dpo_r1", 1), ("dpo_r2", 2)):
+        data = nodes[name].data
+        assert (data.shard.index, data.shard.count) == (index, 2) and data.train == len(checked.data[name].train)
+        assert sum(data.shard.rows) == whole.report["train"] + whole.report["truncated"]["train"]
+        assert data.train_overlap == 0 and data.overlap == 0 and data.eval == whole.report["eval"]
+
+
+@pytest.mark.parametrize("spec", ["3/2", "0/2", "half"])
+def test_a_bad_shard_names_its_key(compose, spec):
+    from alignlab.errors import ConfigError
+    from alignlab.preflight import preflight
+
+    with pytest.raises(ConfigError, match=rf"pipeline.nodes.dpo_r2.shard: '{spec}' is not 'i/n' with 1 <= i <= n"):
+        preflight(compose(*ROUNDS, f"pipeline.nodes.dpo_r2.shard={spec}"))
+
+
 def test_node_settings_are_checked_against_the_stage_schema(compose):
     from alignlab.errors import ConfigError
     from alignlab.preflight import preflight

@@ -3,7 +3,9 @@
 `load_data(cfg, kind)` reads the source, keeps raw records matching `include`/`exclude`,
 parses them (`formats.py`), drops or rejects bad rows (`rows.check_row`), removes duplicates
 and over-long rows, splits train/eval by a salted hash of each row's prompt (its first user
-turn, normalised: `selection.prompt_key`) and truncates to the row limits. Every dropped row is counted in `LoadedData.report` and logged on "alignlab.data".
+turn, normalised: `selection.prompt_key`), keeps one shard of the train rows when asked (another
+hash of the prompt: shards never share a prompt; the held-out rows stay whole) and truncates to
+the row limits. Every dropped row is counted in `LoadedData.report` and logged on "alignlab.data".
 Rows hold only canonical keys, ready for trl trainers.
 """
 from __future__ import annotations
@@ -21,7 +23,7 @@ from .mirror import MIRROR, mirror_path, unknown_source
 from .readers import Records, read_file, read_hub
 from .rows import KINDS, BadRow, Tie, canonical_json, check_row, with_system_prompt
 from .store import data_home as resolve_data_home
-from .selection import drop_duplicates, drop_long, in_eval, keep_record, value_sets
+from .selection import drop_duplicates, drop_long, in_eval, keep_record, shard_of, value_sets
 
 __all__ = ["DataConfig", "DataError", "FORMATS", "LoadedData", "MIRROR", "load_data"]
 
@@ -37,7 +39,8 @@ class LoadedData:
     include/exclude); parsed (canonical rows); bad, ties, duplicates, too_long: each
     {"count", "rows": first source row numbers, "examples": first problems (bad, ties only)};
     train, eval (final sizes); truncated {"train", "eval"} (rows cut by max_*_rows);
-    row_numbering (what a row number means for this source).
+    row_numbering (what a row number means for this source); with a shard, shard {"index",
+    "count", "rows": train rows in each shard before max_train_rows}.
     """
 
     train: list[dict]
@@ -90,11 +93,14 @@ def _check_options(cfg, kind: str) -> None:
         raise DataError(f"data.eval_fraction must be in [0, 1), got {cfg.eval_fraction}")
 
 
-def load_data(cfg: DataConfig, kind: str, data_home: str | None = None) -> LoadedData:
+def load_data(cfg: DataConfig, kind: str, data_home: str | None = None,
+              shard: tuple[int, int] | None = None) -> LoadedData:
     """Train/eval rows of `kind` ("sft", "preference" or "prompt") from the source of `cfg`.
 
     `cfg` is a DataConfig or a DictConfig with its fields; `data_home` (a read-only mirror)
-    overrides $ALIGNLAB_DATA_HOME for mirror names; with neither, they come from the download cache. Raises DataError on any problem that is not dropped.
+    overrides $ALIGNLAB_DATA_HOME for mirror names; with neither, they come from the download cache.
+    `shard` (i, n): only the train rows of shard i of n (`selection.shard_of`). Raises DataError on
+    any problem that is not dropped.
     """
     _check_options(cfg, kind)
     fmt, read = _source(cfg, data_home)
@@ -163,6 +169,13 @@ def load_data(cfg: DataConfig, kind: str, data_home: str | None = None) -> Loade
     if not train:
         raise DataError(f"{label}: no train rows after the split ({len(rows)} rows, "
                         f"eval_fraction={cfg.eval_fraction})")
+    if shard is not None:
+        index, count = shard
+        shards = [shard_of(row, count, cfg.split_seed) for row in train]
+        report["shard"] = {"index": index, "count": count, "rows": [shards.count(i) for i in range(1, count + 1)]}
+        train = [row for row, s in zip(train, shards) if s == index]
+        if not train:
+            raise DataError(f"{label}: no train rows in shard {index}/{count} ({len(shards)} train rows)")
     report["truncated"] = {"train": 0, "eval": 0}
     for name, limit in (("train", cfg.max_train_rows), ("eval", cfg.max_eval_rows)):
         part = train if name == "train" else eval_

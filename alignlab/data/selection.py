@@ -36,6 +36,21 @@ def in_eval(row: dict, eval_fraction: float, split_seed: int) -> bool:
     return int(digest, 16) / 2**256 < eval_fraction
 
 
+def parse_shard(spec: str) -> tuple[int, int]:
+    """`"i/n"` (shard i of n, 1 <= i <= n) as (i, n); ValueError naming the expected form."""
+    index, sep, count = str(spec).partition("/")
+    if sep and index.strip().isdigit() and count.strip().isdigit() and 1 <= int(index) <= int(count):
+        return int(index), int(count)
+    raise ValueError(f"'{spec}' is not 'i/n' with 1 <= i <= n (e.g. '1/2': the first of two shards)")
+
+
+def shard_of(row: dict, count: int, split_seed: int) -> int:
+    """The shard (1..count) of a row: a salted hash of its `prompt_key`, independent of the eval
+    split's, so rows sharing a prompt land in the same shard and shards never share a prompt."""
+    digest = hashlib.sha256(f"shard:{split_seed}:{prompt_key(row)}".encode()).hexdigest()
+    return int(digest, 16) % count + 1
+
+
 def overlap(held_out: list[dict], trained: list[list[dict]]) -> int:
     """How many distinct prompts of `held_out` rows are prompts of rows in any of the `trained` lists."""
     seen = {prompt_key(row) for rows in trained for row in rows}
