@@ -203,9 +203,9 @@ def test_pairs_sharing_a_prompt_land_on_the_same_side_in_every_kind(home, tmp_pa
 def test_shards_split_training_rows_by_prompt_and_keep_the_held_out_rows(tmp_path):
     from alignlab.data.selection import prompt_key
 
-    pairs = [{"chosen": [{"role": "user", "content": (f"Question {i}?", f" QUESTION  {i}?")[j]},
-                         {"role": "assistant", "content": f"yes {i}"}],
-              "rejected": [{"role": "user", "content": f"question {i}?"}, {"role": "assistant", "content": f"no {j}"}]}
+    asked = lambda i, j: {"role": "user", "content": (f"Question {i}?", f" QUESTION  {i}?")[j]}  # noqa: E731
+    pairs = [{"chosen": [asked(i, j), {"role": "assistant", "content": f"yes {i}"}],
+              "rejected": [asked(i, j), {"role": "assistant", "content": f"no {j}"}]}
              for i in range(90) for j in range(2)]  # two pairs per prompt, the prompt's case and spaces varied
     path = write_jsonl(tmp_path / "pairs.jsonl", pairs)
     cfg = DataConfig(source=str(path), format="messages", eval_fraction=0.2, max_train_rows=20)
