@@ -100,6 +100,14 @@ register(StageSpec(
     curves=("reward/mean", "reward/with_kl_mean", "kl", "loss/policy", "loss/value"),
     check=stage_config.ppo_problems))
 
+for _kind, _config in (("grpo", stage_config.GRPOStageConfig), ("rloo", stage_config.RLOOStageConfig)):
+    register(StageSpec(
+        kind=_kind, recipe="alignlab.stages.grpo", config=_config, data_kind="prompt", default_data="prompts",
+        upstream={"policy": ("sft", "dpo", _kind), "reward": ("reward",)}, generative=True, rival=True,
+        headline=("final/reward_mean", "reward/gain"),
+        curves=("reward", "kl", "entropy", "completions/mean_length", "completions/clipped_ratio"),
+        check=stage_config.online_rl_problems))
+
 
 def headline(kinds) -> Tuple[str, ...]:
     """The headline metrics of these stage kinds, in registry order, each once (unknown kinds: none)."""
