@@ -24,7 +24,7 @@ def tiny_rl(kind: str, steps: int = 2) -> tuple:
         "data@data.prompts=gsm8k", "data.prompts.max_train_rows=16", "data.prompts.max_chars=400",
         f"stage.{kind}.max_steps={steps}", f"stage.{kind}.per_device_train_batch_size=8",
         f"stage.{kind}.num_generations=4", f"stage.{kind}.max_completion_length=12",
-        f"stage.{kind}.learning_rate=5e-3", f"stage.{kind}.save_steps=1", f"stage.{kind}.sample_completions=2",
+        f"stage.{kind}.learning_rate=5e-3", f"stage.{kind}.save_steps=1", f"stage.{kind}.sample_responses=2",
         f"+stage.{kind}.reward_fns.correct._target_={CORRECT}",
         f"+stage.{kind}.reward_fns.length._target_={LENGTH}", f"+stage.{kind}.reward_fns.length.words=4",
         f"+stage.{kind}.reward_weights.length=0.5",

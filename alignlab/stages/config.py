@@ -232,8 +232,8 @@ class OnlineRLStageConfig(TrainerConfig):
     reward_fns: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     reward_weights: Dict[str, float] = field(default_factory=dict)  # name -> weight (default 1); reward node: reward_model
     reward_max_length: int = within(512, ge=1)  # tokens of prompt + completion the reward node reads
-    reward_batch_size: int = within(8, ge=1)
-    sample_completions: int = within(4, ge=0)  # completions per generated batch kept in samples.jsonl
+    score_batch_size: int = within(8, ge=1)
+    sample_responses: int = within(4, ge=0)  # completions per generated batch kept in samples.jsonl
     disable_dropout: bool = True  # sampling and update log-probs must match
     # A batch whose groups all have equal rewards has exactly zero gradient: no signal, not a collapse.
     collapse_patience: int = within(0, ge=0)

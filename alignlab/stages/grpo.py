@@ -86,7 +86,7 @@ def reward_node_fn(ctx: StageContext) -> Optional[Callable]:
         raise ConfigError(f"pipeline.nodes.{ctx.node}.reward: '{node.node}' was fully fine-tuned (peft=none); "
                           "its scorer loads a LoRA reward adapter")
     h = ctx.hparams
-    scorer = RewardScorer.from_artifact(node.path, ctx.cfg, h.reward_max_length, h.reward_batch_size)
+    scorer = RewardScorer.from_artifact(node.path, ctx.cfg, h.reward_max_length, h.score_batch_size)
 
     def reward_model(prompts, responses, finished):
         return scorer.score(prompts, responses, finished).tolist()
@@ -105,7 +105,7 @@ def reward_functions(ctx: StageContext, eos_ids: Sequence[int]):
     if node_fn is not None:
         fns[REWARD_NODE] = node_fn
     weights = {name: float(h.reward_weights.get(name, 1.0)) for name in fns}
-    samples = Samples(ctx.work_dir / SAMPLES, h.sample_completions, weights)
+    samples = Samples(ctx.work_dir / SAMPLES, h.sample_responses, weights)
     return [TrlReward(name, fn, eos_ids, samples) for name, fn in fns.items()], list(weights.values()), samples
 
 
