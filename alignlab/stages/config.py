@@ -225,7 +225,10 @@ class OnlineRLStageConfig(TrainerConfig):
     beta: float = within(0.0, ge=0)  # KL coefficient against the reference; 0: no reference is kept
     epsilon: float = within(0.2, gt=0)  # clip range of the probability ratio
     epsilon_high: Optional[float] = within(None, gt=0)  # upper clip range (DAPO's clip-higher); None: epsilon
-    num_iterations: int = within(1, ge=1)  # updates per generated batch (mu)
+    num_iterations: int = within(1, ge=1)  # passes over each generated batch (mu)
+    # Micro-batches each generated batch is split into (None: gradient_accumulation_steps, i.e. one
+    # optimizer step per generated batch); more: several updates per generation, off-policy after the first.
+    steps_per_generation: Optional[int] = within(None, ge=1)
     mask_truncated_completions: bool = False  # completions cut at max_completion_length leave the loss
     # name -> {_target_: module.fn, **kwargs}: fn(prompts, responses, **columns) -> list[float]; it is
     # also passed each prompt row's fields it names (e.g. `reference`) and `finished` (ended with EOS).
@@ -297,10 +300,12 @@ def online_rl_problems(cfg, name: str, h, checked) -> List[str]:
     if h.epsilon_high is not None and h.epsilon_high < h.epsilon:
         problems.append(f"{where('epsilon_high')}={h.epsilon_high} is below {where('epsilon')}={h.epsilon}")
     processes = int(os.environ.get("WORLD_SIZE", "1"))
-    batch = h.per_device_train_batch_size * h.gradient_accumulation_steps * processes
+    steps = ("steps_per_generation", h.steps_per_generation) if h.steps_per_generation else (
+        "gradient_accumulation_steps", h.gradient_accumulation_steps)
+    batch = h.per_device_train_batch_size * steps[1] * processes
     if batch % h.num_generations:
         problems.append(f"{where('per_device_train_batch_size')}={h.per_device_train_batch_size} x "
-                        f"gradient_accumulation_steps={h.gradient_accumulation_steps} x {processes} process(es) = "
+                        f"{steps[0]}={steps[1]} x {processes} process(es) = "
                         f"{batch} completions per generation batch, not a multiple of {where('num_generations')}="
                         f"{h.num_generations} (trl samples whole groups)")
     elif data is not None and len(data.train) < batch // h.num_generations:

@@ -130,6 +130,7 @@ def build_trainer(ctx: StageContext):
         epsilon=h.epsilon,
         epsilon_high=h.epsilon_high,
         num_iterations=h.num_iterations,
+        steps_per_generation=h.steps_per_generation,
         mask_truncated_completions=h.mask_truncated_completions,
         reward_weights=weights,
         disable_dropout=h.disable_dropout,
