@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from alignlab.stages import grpo, sft
+from alignlab.stages import grpo, sft, trl_recipe
 from alignlab.stages.context import Artifact
 from conftest import TINY_PREFERENCE, TINY_SFT, alignlab_env
 
@@ -61,7 +61,7 @@ def test_policy_continues_sft_adapter_reference_frozen_base_unchanged_reloads(co
     assert trainable and all(".default." in n for n in trainable)
     frozen = {n: p.detach().clone() for n, p in params.items() if not p.requires_grad}
 
-    metrics = ctx.fit(trainer, drop_adapters=("ref",))
+    metrics = trl_recipe.fit(ctx, trainer, drop_adapters=("ref",))
     assert metrics["train_steps"] == 2
     assert all(not torch.equal(v, params[n]) for n, v in trainable.items())
     assert all(torch.equal(v, params[n]) for n, v in frozen.items() if n in params)  # base and ref

@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from omegaconf import OmegaConf
 
+from alignlab.stages import trl_recipe
 from alignlab.stages.config import REWARD_NODE
 from alignlab.stages.context import StageContext
 
@@ -116,11 +117,12 @@ def build_trainer(ctx: StageContext):
     h = ctx.hparams
     set_seed(h.seed)
     config_cls, trainer_cls = (getattr(trl, name) for name in TRAINERS[ctx.stage])
-    model = ctx.policy_model("policy")
+    model = trl_recipe.policy_model(ctx, "policy")
     eos = model.generation_config.eos_token_id
     eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
     funcs, weights, _ = reward_functions(ctx, eos_ids)
-    args = ctx.trainer_args(
+    args = trl_recipe.trainer_args(
+        ctx,
         config_cls,
         held_out=False,
         num_generations=h.num_generations,
@@ -138,7 +140,7 @@ def build_trainer(ctx: StageContext):
         **{key: h[key] for key in OWN_SETTINGS[ctx.stage]},
     )
     # Completions are generated from the training prompts; held-out accuracy is the eval group's job.
-    return ctx.trainer(trainer_cls, model, args, held_out=False, reward_funcs=funcs)
+    return trl_recipe.trainer(ctx, trainer_cls, model, args, held_out=False, reward_funcs=funcs)
 
 
 def reward_history(log_history: List[Dict[str, Any]]) -> Dict[str, float]:
@@ -170,10 +172,10 @@ def run(ctx: StageContext) -> Dict[str, float]:
     from alignlab.tracking import cut_jsonl
 
     trainer = build_trainer(ctx)
-    resumed = ctx.checkpoint_step(ctx.last_checkpoint())
+    resumed = trl_recipe.checkpoint_step(trl_recipe.last_checkpoint(ctx))
     cut_jsonl(ctx.work_dir / SAMPLES, lambda row: row.get("step", 0) < resumed)  # regenerated after a resume
     # The frozen "ref" copy only serves training: the artifact keeps the policy adapter alone.
-    metrics = ctx.fit(trainer, drop_adapters=("ref",))
+    metrics = trl_recipe.fit(ctx, trainer, drop_adapters=("ref",))
     metrics.update(reward_history(trainer.state.log_history))
     if trainer.is_world_process_zero():
         ctx.tracker.table("samples", ctx.work_dir / SAMPLES)
