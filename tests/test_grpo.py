@@ -90,7 +90,10 @@ def test_reward_history_gain_and_standard_error():
 
 @pytest.mark.parametrize("reward", ["node", "verifiable"])
 def test_sft_grpo_pipeline_runs_through_the_cli(data_home, model_cache, tmp_path, reward):
-    pipeline = ("pipeline=sft_rm_grpo", *TINY_PREFERENCE, "stage.reward.max_steps=2") if reward == "node" else ()
+    """With a reward node; and with verifiable rewards, scored on held-out GSM8K test problems by
+    generation, the grpo node's accuracy paired with its parent's."""
+    pipeline = (("pipeline=sft_rm_grpo", *TINY_PREFERENCE, "stage.reward.max_steps=2") if reward == "node" else
+                ("eval=gsm8k", "eval.limit=4", "eval.num_fewshot=0"))
     run_dir = tmp_path / "run"
     cmd = [ALIGNLAB, *rl_pipeline("grpo"), *pipeline, f"paths.run_dir={run_dir}", f"paths.cache_dir={tmp_path / 'c'}",
            f"paths.data_home={data_home}", f"paths.model_cache={model_cache}"]
@@ -111,6 +114,13 @@ def test_sft_grpo_pipeline_runs_through_the_cli(data_home, model_cache, tmp_path
     weights = {"correct": 1.0, "length": 0.5, "reward_model": 1.0}
     assert samples[0]["reward"] == pytest.approx(sum(weights[n] * samples[0][n] for n in names))
     assert not (art / "adapter" / "ref").exists()
+    if reward == "verifiable":
+        forgetting = json.loads((run_dir / "summary.json").read_text())["forgetting"]
+        (delta,) = forgetting["nodes"]["grpo"]["deltas"]
+        assert delta["task"] == "alignlab_gsm8k" and forgetting["metrics"]["alignlab_gsm8k"]["metric"] == (
+            "exact_match,flexible-extract")
+        assert delta["vs_parent"]["n"] == 4 and delta["vs_parent"]["lo"] <= delta["vs_parent"]["delta"] <= (
+            delta["vs_parent"]["hi"])
 
 
 @pytest.mark.parametrize("override, message", [
