@@ -95,7 +95,8 @@ def test_sft_grpo_pipeline_runs_through_the_cli(data_home, model_cache, tmp_path
     pipeline = (("pipeline=sft_rm_grpo", *TINY_PREFERENCE, "stage.reward.max_steps=2") if reward == "node" else
                 ("eval=gsm8k", "eval.limit=4", "eval.num_fewshot=0"))
     run_dir = tmp_path / "run"
-    cmd = [ALIGNLAB, *rl_pipeline("grpo"), *pipeline, "stage.grpo.beta=0.04", f"paths.run_dir={run_dir}", f"paths.cache_dir={tmp_path / 'c'}",
+    base = [arg for arg in rl_pipeline("grpo") if reward == "node" or arg != "eval=none"]
+    cmd = [ALIGNLAB, *base, *pipeline, "stage.grpo.beta=0.04", f"paths.run_dir={run_dir}", f"paths.cache_dir={tmp_path / 'c'}",
            f"paths.data_home={data_home}", f"paths.model_cache={model_cache}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=alignlab_env(data_home, model_cache), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
