@@ -28,6 +28,7 @@ GOAL = 0.5
 
 
 def _alignlab(*overrides: str, multirun: bool = False) -> float:
+    """Wall seconds of one `alignlab` run of the grid experiment."""
     start = time.perf_counter()
     subprocess.run([ALIGNLAB, *(["-m"] if multirun else []), "experiment=grid/dpo_beta", "logger=none", *overrides],
                    check=True, stdout=subprocess.DEVNULL)
@@ -39,6 +40,8 @@ def main() -> None:
     parser.add_argument("--betas", default="0.01,0.05,0.1,0.5")
     parser.add_argument("--repeats", type=int, default=REPEATS, help="runs per side, alternating sides")
     parser.add_argument("--out", default="results/bench_grid.json")
+    parser.add_argument("overrides", nargs="*",
+                        help="alignlab overrides for every run (none for the benchmark; e.g. a smaller run to try it)")
     args = parser.parse_args()
     betas = args.betas.split(",")
     from alignlab.models import ModelConfig, resolve_model_path
@@ -49,7 +52,8 @@ def main() -> None:
 
         def naive(run: int) -> dict:
             """Every point its own run with an empty stage cache."""
-            points = {beta: round(_alignlab(f"stage.dpo.beta={beta}", f"paths.cache_dir={tmp / f'naive-{run}-{i}'}",
+            points = {beta: round(_alignlab(*args.overrides, f"stage.dpo.beta={beta}",
+                                            f"paths.cache_dir={tmp / f'naive-{run}-{i}'}",
                                             f"hydra.run.dir={tmp / f'naive-run-{run}-{i}'}"), 1)
                       for i, beta in enumerate(betas)}
             return {"seconds": round(sum(points.values()), 1), "per_point_seconds": points}
@@ -57,7 +61,7 @@ def main() -> None:
         def shared(run: int) -> dict:
             """One multirun sharing an (initially empty) stage cache."""
             sweep = tmp / f"sweep-{run}"
-            seconds = _alignlab(f"stage.dpo.beta={args.betas}", f"paths.cache_dir={tmp / f'shared-{run}'}",
+            seconds = _alignlab(*args.overrides, f"stage.dpo.beta={args.betas}", f"paths.cache_dir={tmp / f'shared-{run}'}",
                                 f"hydra.sweep.dir={sweep}", multirun=True)
             status = sorted(r["sft/status"] for r in csv.DictReader((sweep / "grid_summary.csv").open()))
             if status.count("trained") != 1:
@@ -69,7 +73,8 @@ def main() -> None:
     naive_runs, shared_runs = runs.values()
     result = {
         "benchmark": "P4 grid reuse: 4-point DPO beta grid, shared SFT node vs SFT per point",
-        "settings": {"experiment": "grid/dpo_beta", "betas": betas, "repeats": args.repeats},
+        "settings": {"experiment": "grid/dpo_beta", "betas": betas, "overrides": args.overrides,
+                     "repeats": args.repeats},
         "figures": [figure(f"P4 grid reuse: {len(betas)}-point DPO beta grid", "s",
                            [r["seconds"] for r in naive_runs], [r["seconds"] for r in shared_runs], f"<= {GOAL}",
                            "naive", "shared SFT")],

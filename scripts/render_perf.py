@@ -32,8 +32,8 @@ def _row(f: dict) -> str:
             f"{'-' if met is None else ('yes' if met else 'no')} |")
 
 
-ORDER = ["bench_overhead", "bench_ppo", "bench_ppo_fp32", "bench_ppo_memory", "bench_grid", "bench_quickstart",
-         "bench_precision"]  # P1..P5, then the rest
+ORDER = ["bench_overhead", "bench_ppo", "bench_ppo_fp32", "bench_ppo_memory", "bench_ppo_memory_1b", "bench_grid",
+         "bench_quickstart", "bench_precision"]  # P1..P5, then the rest
 
 
 def render(results: Path) -> str:
@@ -43,7 +43,7 @@ def render(results: Path) -> str:
     for name, r in loaded:
         if "figures" not in r:
             raise SystemExit(f"{results / name}.json is a single-run result from before benchmarks repeated their "
-                             f"runs (no 'figures'); rerun scripts/{name.replace('_fp32', '')}.py or remove it")
+                             f"runs (no 'figures'); rerun scripts/{name.replace('_fp32', '').replace('_1b', '')}.py or remove it")
     lines = [START, "", "| benchmark | baseline: median (min-max) | alignlab: median (min-max) | ratio of medians "
                         "| goal | met |", "|---|---|---|---|---|---|"]
     lines += [_row(f) for _, r in loaded for f in r["figures"]]

@@ -49,8 +49,8 @@ def merged_adapter(model, enabled: bool = True):
     bases = [layer.get_base_layer() for layer in _active_lora_layers(model)]
     originals = [(base.weight.data, base.bias.data if getattr(base, "bias", None) is not None else None)
                  for base in bases]
-    model.merge_adapter(safe_merge=True)
     try:
+        model.merge_adapter(safe_merge=True)
         yield True
     finally:
         model.unmerge_adapter()  # clears peft's merged state; the weights come from `originals`
