@@ -54,9 +54,11 @@ def prepare(cfg, rows_dir: Path) -> dict:
     from alignlab.stages.trl_recipe import trainer_fields
 
     s, d, peft = cfg.stage.sft, cfg.stage.dpo, cfg.peft
+    if s.loss_scope == "completion":  # alignlab reshapes those rows into prompt-completion pairs; the bare script does not
+        raise SystemExit("the bare trl script mirrors stage.sft.loss_scope assistant or all, not completion")
     fields = {kind: trainer_fields(OmegaConf.to_container(cfg.stage[kind], resolve=True), True) for kind in ("sft", "dpo")}
     return {
-        "sft": {**fields["sft"], "max_length": s.max_length, "assistant_only_loss": s.assistant_only_loss,
+        "sft": {**fields["sft"], "max_length": s.max_length, "assistant_only_loss": s.loss_scope == "assistant",
                 "packing": s.packing},
         "dpo": {**fields["dpo"], "beta": d.beta, "loss_type": list(d.loss_type), "max_length": d.max_length,
                 "disable_dropout": d.disable_dropout},
