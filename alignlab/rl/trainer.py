@@ -96,8 +96,9 @@ class PPOTrainer:
             raise AlignlabError(f"stage.ppo: {len(self.prompts)} prompt(s) fit max_prompt_length={h.max_prompt_length}; "
                                 f"need at least rollout_batch_size={h.rollout_batch_size}")
         if h.merge_for_generation:
-            log.info("ppo: rollouts generate with the policy adapter %s", "merged into the fp32 base weights"
-                     if merge_is_exact(shared.model) else "unmerged (the base is quantized or not fp32: merging would round)")
+            how = ("merged into the fp32 base weights" if merge_is_exact(shared.model)
+                   else "unmerged (the base is quantized or not fp32: merging would round)")
+            log.info("ppo: rollouts generate with the policy adapter %s", how)
         groups = shared.trainable()
         self.params = groups["policy"] + groups["value"]
         # Two parameter groups, policy then value, at their base rates; `_set_lr` scales both per iteration.
