@@ -56,7 +56,7 @@ test-slow: $(TEST_STAMP) data
 test-all: $(TEST_STAMP) data
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
-# Every benchmark (P1-P5, ~1 h on 2 cores) -> results/*.json and README's performance section.
+# Every benchmark (P1-P5, each side 3 runs, ~2.5 h on 2 cores) -> results/*.json and README's performance section.
 bench: setup data
 	HF_HUB_OFFLINE=1 $(PY) scripts/bench_all.py
 

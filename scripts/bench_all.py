@@ -16,6 +16,7 @@ BENCHMARKS = [
     ("bench_ppo", []),  # both libraries' default precision (bf16 autocast where the CPU has it)
     ("bench_ppo", ["--precision", "fp32", "--out", "results/bench_ppo_fp32.json"]),
     ("bench_ppo_memory", []),
+    ("bench_ppo_memory", ["--model", "random-llama", "--out", "results/bench_ppo_memory_1b.json"]),  # weights dominate
     ("bench_grid", []),
     ("bench_quickstart", []),
     ("bench_precision", []),

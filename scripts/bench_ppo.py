@@ -7,8 +7,10 @@ trl's PPOConfig and alignlab both default to it on a bf16-capable CPU; --precisi
 own throwaway venv (`$ALIGNLAB_CACHE/bench/trl-0.29.1-venv`, created on first use: torch 2.13.0
 first, then trl==0.29.1 and peft) with its four models (policy+reference via a disabled adapter, full
 value model, reward model); alignlab runs its shared-base PPO (alignlab/rl). Each side is its
-own process so peak RSS is per side. Writes results/bench_ppo.json with episodes/s, peak RSS and
-the ratios. Usage: .venv/bin/python scripts/bench_ppo.py [--batch 8 --response-length 32 --iterations 3]
+own process so peak RSS is per side. Each side runs --repeats times (3), alternating sides, at 64
+episodes per run (over 60 s per side on 2 cores). Writes results/bench_ppo.json with the median,
+min and max episodes/s and peak RSS per side and the ratios of medians (scripts/bench_common.py).
+Usage: .venv/bin/python scripts/bench_ppo.py [--batch 8 --response-length 32 --iterations 8 --repeats 3]
 [--precision bf16|fp32 --out results/bench_ppo.json]
 """
 from __future__ import annotations
@@ -23,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_common import write_result
+from bench_common import REPEATS, alternate, figure, write_result
 
 CACHE = Path(os.environ.get("ALIGNLAB_CACHE", Path.home() / ".cache" / "alignlab"))
 MODEL_CACHE = str(CACHE / "models")
@@ -115,10 +117,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--response-length", type=int, default=32)
-    p.add_argument("--iterations", type=int, default=3)
+    p.add_argument("--iterations", type=int, default=8, help="x batch = episodes per run (64: > 60 s per side)")
     p.add_argument("--ppo-epochs", type=int, default=1)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="bf16",
                    help="autocast of both sides (bf16: both libraries' default on a bf16-capable CPU)")
+    p.add_argument("--repeats", type=int, default=REPEATS, help="runs per side, alternating sides")
     p.add_argument("--out", default="results/bench_ppo.json")
     p.add_argument("--side", choices=["alignlab"], help=argparse.SUPPRESS)
     p.add_argument("--models", help=argparse.SUPPRESS)
@@ -130,35 +133,42 @@ def main() -> None:
     models.mkdir(parents=True, exist_ok=True)
     prepare(models, n_prompts=max(64, args.batch * args.iterations))
     trl_python = ensure_trl_venv()
-    settings = ["--batch-size", str(args.batch), "--response-length", str(args.response_length),
-                "--iterations", str(args.iterations), "--ppo-epochs", str(args.ppo_epochs), "--precision", args.precision]
-    with tempfile.TemporaryDirectory() as tmp:
-        trl_out, ours_out = Path(tmp) / "trl.json", Path(tmp) / "alignlab.json"
-        print("running trl 0.29.1 PPOTrainer (baseline) ...", flush=True)
-        env = {**os.environ, "TRL_EXPERIMENTAL_SILENCE": "1", "HF_HUB_OFFLINE": "1"}
-        subprocess.run([str(trl_python), str(HERE / "bench" / "trl_ppo_side.py"), "--policy", str(models / "policy"),
-                        "--reward", str(models / "reward"), "--prompts", str(models / "prompts.jsonl"),
-                        "--out", str(trl_out), *settings], check=True, env=env)
-        print("running alignlab PPO ...", flush=True)
-        subprocess.run([sys.executable, __file__, "--side", "alignlab", "--models", str(models), "--side-out",
-                        str(ours_out), "--batch", str(args.batch), "--response-length", str(args.response_length),
-                        "--iterations", str(args.iterations), "--ppo-epochs", str(args.ppo_epochs),
-                        "--precision", args.precision], check=True, env=env)
-        trl_result, ours = json.loads(trl_out.read_text()), json.loads(ours_out.read_text())
+    settings = ["--response-length", str(args.response_length), "--iterations", str(args.iterations),
+                "--ppo-epochs", str(args.ppo_epochs), "--precision", args.precision]
+    env = {**os.environ, "TRL_EXPERIMENTAL_SILENCE": "1", "HF_HUB_OFFLINE": "1"}
+
+    def run(command) -> dict:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "side.json"
+            subprocess.run([*command, str(out)], check=True, env=env)
+            return json.loads(out.read_text())
+
+    runs = alternate({
+        "trl 0.29.1 PPOTrainer (baseline)": lambda i: run(
+            [str(trl_python), str(HERE / "bench" / "trl_ppo_side.py"), "--policy", str(models / "policy"),
+             "--reward", str(models / "reward"), "--prompts", str(models / "prompts.jsonl"),
+             "--batch-size", str(args.batch), *settings, "--out"]),
+        "alignlab PPO": lambda i: run(
+            [sys.executable, __file__, "--side", "alignlab", "--models", str(models), "--batch", str(args.batch),
+             *settings, "--side-out"]),
+    }, args.repeats)
+    trl_runs, ours = runs.values()
+    label = f"P2 PPO vs trl {trl_runs[0]['version']} ({args.precision})"
     result = {
         "benchmark": "P2 PPO: alignlab vs trl 0.29.1 PPOTrainer",
         "settings": {"model": "embedded:smollm2-135m-instruct", "batch": args.batch,
                      "response_length": args.response_length, "iterations": args.iterations,
-                     "ppo_epochs": args.ppo_epochs, "precision": args.precision, "lora": "r=16 all-linear"},
-        "baseline": trl_result, "alignlab": ours,
-        "throughput_ratio": round(ours["episodes_per_s"] / trl_result["episodes_per_s"], 3),
-        "peak_rss_ratio": round(ours["peak_rss_mib"] / trl_result["peak_rss_mib"], 3),
-        "goals": GOALS,
+                     "episodes_per_run": args.batch * args.iterations, "ppo_epochs": args.ppo_epochs,
+                     "precision": args.precision, "lora": "r=16 all-linear", "repeats": args.repeats},
+        "figures": [
+            figure(f"{label}: throughput", "episodes/s", [r["episodes_per_s"] for r in trl_runs],
+                   [r["episodes_per_s"] for r in ours], GOALS["throughput_ratio"]),
+            figure(f"{label}: peak RSS", "MiB", [r["peak_rss_mib"] for r in trl_runs],
+                   [r["peak_rss_mib"] for r in ours], GOALS["peak_rss_ratio"]),
+        ],
+        "runs": {"baseline": trl_runs, "alignlab": ours},
     }
     write_result(args.out, result)
-    print(f"trl: {trl_result['episodes_per_s']:.3f} episodes/s, {trl_result['peak_rss_mib']:.0f} MiB; alignlab: "
-          f"{ours['episodes_per_s']:.3f} episodes/s, {ours['peak_rss_mib']:.0f} MiB; throughput x"
-          f"{result['throughput_ratio']}, RSS x{result['peak_rss_ratio']} -> {args.out}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Regenerate README.md's performance section from the latest results/bench_*.json (between the
 `<!-- perf:start -->` and `<!-- perf:end -->` markers): machine, date and figures of every
-benchmark found, never typed by hand. Usage: .venv/bin/python scripts/render_perf.py
+benchmark found, never typed by hand. Each figure shows both sides' median and range over their
+runs; a goal is met only when the ratio of the medians meets it. Usage: .venv/bin/python scripts/render_perf.py
 """
 from __future__ import annotations
 
@@ -8,59 +9,44 @@ import argparse
 import json
 from pathlib import Path
 
+from bench_common import meets
+
 REPO = Path(__file__).resolve().parents[1]
 START, END = "<!-- perf:start -->", "<!-- perf:end -->"
 
 
-def _mib(x: float) -> str:
-    return f"{x:.0f} MiB"
+def _side(name: str, s: dict, unit: str) -> str:
+    """'name median unit (min-max, n runs)'; a single value (a budget) without its range."""
+    value = f"{s['median']:.4g} {unit}"
+    if len(s["runs"]) > 1:
+        value += f" ({s['min']:.4g}-{s['max']:.4g}, {len(s['runs'])} runs)"
+    return f"{name} {value}".strip()
 
 
-def _rows(name: str, r: dict) -> list:
-    """(benchmark, baseline, alignlab, ratio, goal, met) rows of one result file."""
-    if name == "bench_overhead":
-        return [("P1 overhead: SFT -> DPO", f"bare trl script {r['baseline']['seconds']} s",
-                 f"{r['alignlab']['seconds']} s", f"{r['ratio']:.3f}", r["goal"], r["meets_goal"])]
-    if name in ("bench_ppo", "bench_ppo_fp32"):
-        b, a = r["baseline"], r["alignlab"]
-        label = f"P2 PPO vs trl {b['version']} ({r['settings']['precision']})"
-        return [(f"{label}: throughput", f"{b['episodes_per_s']:.3f} episodes/s", f"{a['episodes_per_s']:.3f} episodes/s",
-                 f"{r['throughput_ratio']:.2f}", r["goals"]["throughput_ratio"], r["throughput_ratio"] >= 1.5),
-                (f"{label}: peak RSS", _mib(b["peak_rss_mib"]), _mib(a["peak_rss_mib"]), f"{r['peak_rss_ratio']:.2f}",
-                 r["goals"]["peak_rss_ratio"], r["peak_rss_ratio"] <= 0.6)]
-    if name == "bench_ppo_memory":
-        rows = []
-        for variant in ("all_activations", "activation_checkpointing"):
-            v = r[variant]
-            rows.append((f"P3 PPO memory, shared base vs four models ({variant.replace('_', ' ')})",
-                         _mib(v["baseline"]["peak_rss_mib"]), _mib(v["alignlab"]["peak_rss_mib"]), f"{v['ratio']:.2f}",
-                         r["goal"], r["meets_goal"][variant]))
-        return rows
-    if name == "bench_grid":
-        return [("P4 grid reuse: 4-point DPO beta grid", f"naive {r['baseline']['seconds']} s",
-                 f"shared SFT {r['alignlab']['seconds']} s", f"{r['ratio']:.2f}", r["goal"], r["meets_goal"])]
-    if name == "bench_quickstart":
-        return [("P5 quickstart end to end", f"budget {r['baseline']['seconds']} s", f"{r['alignlab']['seconds']} s",
-                 f"{r['ratio']:.2f}", r["goal"], r["meets_goal"])]
-    if name == "bench_precision":
-        return [("bf16 autocast vs fp32 (LoRA step)", f"fp32 {r['baseline']['seconds_per_step']:.2f} s/step",
-                 f"{r['bf16_autocast']['seconds_per_step']:.2f} s/step", f"{r['speedup_vs_baseline']:.2f}x faster",
-                 "-", None)]
-    return []
+def _row(f: dict) -> str:
+    """A table row of one figure; met is decided here, by the ratio of medians against the goal."""
+    met = meets(f["ratio"], f["goal"])
+    ratio = f"{f['ratio']:.3g}" + (" (ranges overlap)" if f["ranges_overlap"] else "")
+    return (f"| {f['label']} | {_side(f['baseline_name'], f['baseline'], f['unit'])} | "
+            f"{_side(f['alignlab_name'], f['alignlab'], f['unit'])} | {ratio} | {f['goal'] or '-'} | "
+            f"{'-' if met is None else ('yes' if met else 'no')} |")
 
 
-ORDER = ["bench_overhead", "bench_ppo", "bench_ppo_fp32", "bench_ppo_memory", "bench_grid", "bench_quickstart",
-         "bench_precision"]  # P1..P5, then the rest
+ORDER = ["bench_overhead", "bench_ppo", "bench_ppo_fp32", "bench_ppo_memory", "bench_ppo_memory_1b", "bench_grid",
+         "bench_quickstart", "bench_precision"]  # P1..P5, then the rest
 
 
 def render(results: Path) -> str:
     found = sorted(results.glob("bench_*.json"),
                    key=lambda p: (ORDER.index(p.stem) if p.stem in ORDER else len(ORDER), p.stem))
     loaded = [(p.stem, json.loads(p.read_text())) for p in found]
-    lines = [START, "", "| benchmark | baseline | alignlab | ratio | goal | met |", "|---|---|---|---|---|---|"]
     for name, r in loaded:
-        for bench, base, ours, ratio, goal, met in _rows(name, r):
-            lines.append(f"| {bench} | {base} | {ours} | {ratio} | {goal} | {'-' if met is None else ('yes' if met else 'no')} |")
+        if "figures" not in r:
+            raise SystemExit(f"{results / name}.json is a single-run result from before benchmarks repeated their "
+                             f"runs (no 'figures'); rerun scripts/{name.replace('_fp32', '').replace('_1b', '')}.py or remove it")
+    lines = [START, "", "| benchmark | baseline: median (min-max) | alignlab: median (min-max) | ratio of medians "
+                        "| goal | met |", "|---|---|---|---|---|---|"]
+    lines += [_row(f) for _, r in loaded for f in r["figures"]]
     lines.append("")
     for name, r in loaded:
         machine = r.get("machine", {})

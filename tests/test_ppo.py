@@ -144,6 +144,57 @@ def test_rollout_logprobs_are_those_the_responses_were_sampled_with(compose, mod
     assert checkpoint.repetition_penalty == 1.5  # the checkpoint's own config is left as it was
 
 
+def test_merged_generation_samples_like_the_unmerged_policy_and_restores_the_base(compose):
+    """With the policy adapter merged into the fp32 base for sampling, a rollout draws the same tokens
+    (fixed seed) with the same log-probs (1e-4) as the unmerged adapter, the base weights afterwards
+    are bit for bit those before, and no policy/reference/value pass can run while merged."""
+    from omegaconf import OmegaConf
+
+    from alignlab.models.generation import merge_is_exact, merged_adapter
+    from alignlab.rl import rewards
+    from alignlab.rl.shared_model import POLICY, SharedBaseModel
+    from alignlab.rl.trainer import PPOTrainer, gather_logprobs
+
+    cfg = compose(*TINY_PPO, "pipeline=sft_ppo", "stage.ppo.max_new_tokens=16")
+    shared = SharedBaseModel(cfg, None, None, reference="base", value_init="fresh")
+    torch.manual_seed(0)
+    with torch.no_grad():  # a fresh LoRA's B is 0: give the policy adapter a delta of its own
+        for p in shared.adapter_params[POLICY]:
+            p.normal_(std=0.2)
+    base = {n: p.detach().clone() for n, p in shared.model.named_parameters() if ".lora_" not in n}
+    assert merge_is_exact(shared.model)
+    fn = rewards.resolve(LENGTH)
+    runs = {}
+    for merge in (True, False):
+        h = OmegaConf.merge(cfg.stage.ppo, {"merge_for_generation": merge})
+        trainer = PPOTrainer(shared, h, PROMPTS, "no", reward_fn=fn)
+        _, out = trainer.sample(trainer._prompt_batch(0), 0, output_scores=True, return_dict_in_generate=True)
+        runs[merge] = (trainer.rollout(0), out, shared.model.compute_transition_scores(out.sequences, out.scores,
+                                                                                        normalize_logits=True))
+    (merged, merged_out, merged_scores), (plain, plain_out, plain_scores) = runs[True], runs[False]
+    assert torch.equal(merged.input_ids, plain.input_ids) and torch.equal(merged_out.sequences, plain_out.sequences)
+    mask = plain.mask.bool()
+    torch.testing.assert_close(merged_scores[mask], plain_scores[mask], atol=1e-4, rtol=0)
+    torch.testing.assert_close(merged.logprobs, plain.logprobs, atol=1e-4, rtol=0)
+    torch.testing.assert_close(merged.logprobs[mask], merged_scores[mask], atol=1e-4, rtol=0)
+    with torch.no_grad():  # the adapter matters: the base alone gives other log-probs
+        with shared.reference():
+            logits = shared.response_logits(plain.input_ids, plain.attention_mask, plain.context, 0.7)
+    assert (gather_logprobs(logits, plain.input_ids[:, plain.context:]) - plain.logprobs)[mask].abs().max() > 0.1
+    with merged_adapter(shared.model) as merging:
+        assert merging and all(layer.merged for layer in shared.lora_layers if POLICY in layer.lora_A)
+        for merged_pass in (lambda: shared.values(plain.input_ids, plain.attention_mask, plain.context),
+                            lambda: shared.response_logits(plain.input_ids, plain.attention_mask, plain.context, 0.7)):
+            with pytest.raises(RuntimeError, match="merged into the shared base"):
+                merged_pass()
+    assert all(torch.equal(p, base[n]) for n, p in shared.model.named_parameters() if ".lora_" not in n)
+    assert not any(layer.merged for layer in shared.lora_layers)
+
+    half = SharedBaseModel(compose(*TINY_PPO, "pipeline=sft_ppo", "model.dtype=bfloat16"), None, None,
+                           reference="base", value_init="fresh")
+    assert not merge_is_exact(half.model)  # bf16 weights would round W + BA: generated unmerged
+
+
 def test_attention_dropout_is_off_in_training_passes(compose, model_cache, tmp_path):
     """A checkpoint with config.attention_dropout > 0 (attention modules copy the rate, active in
     train mode): two training-mode forwards give identical log-probs."""

@@ -24,6 +24,9 @@ from safetensors.torch import load_file, save_file
 from alignlab.errors import ModelLoadError
 
 POLICY, REF, VALUE, REWARD = "default", "ref", "value", "reward"
+# fp32 logits one no-grad rollout pass may hold ([rows, response tokens, vocabulary]; the
+# log-softmax and entropy take a few times that): what `rows_per_pass` sizes the passes by.
+LOGITS_BYTES_PER_PASS = 256 * 2**20
 SCORE_KEY = "base_model.model.score.weight"  # the reward node's score head in its adapter file
 
 
@@ -89,6 +92,9 @@ class SharedBaseModel:
         for head in (self.reward_head, self.value_head):
             if head is not None:
                 head.to(device)
+        from peft.tuners.lora import LoraLayer
+
+        self.lora_layers = [module for module in self.model.modules() if isinstance(module, LoraLayer)]
         self.adapter_params: Dict[str, List[torch.nn.Parameter]] = {}
         for name, param in self.model.named_parameters():
             for adapter in (POLICY, REF, VALUE, REWARD):
@@ -114,6 +120,7 @@ class SharedBaseModel:
 
     def use(self, adapter: str) -> None:
         """Make `adapter` the active one; policy and value stay trainable, the rest frozen."""
+        self._check_unmerged()
         self.model.set_adapter(adapter)
         for name, params in self.adapter_params.items():
             for p in params:
@@ -139,7 +146,21 @@ class SharedBaseModel:
             with self.model.disable_adapter():
                 yield
 
+    def rows_per_pass(self, response_tokens: int) -> int:
+        """Rows per no-grad rollout pass (policy, reference, value, reward) whose response logits fit
+        LOGITS_BYTES_PER_PASS."""
+        vocab = self.model.get_base_model().get_output_embeddings().weight.shape[0]
+        return max(1, LOGITS_BYTES_PER_PASS // (4 * vocab * max(1, response_tokens)))
+
+    def _check_unmerged(self) -> None:
+        """Policy, reference, value and reward passes, and adapter switches, run on unmerged adapters only
+        (peft would silently unmerge on a switch; inside `merged_adapter` that is a bug)."""
+        if any(layer.merged for layer in self.lora_layers):
+            raise RuntimeError("a LoRA adapter is merged into the shared base for generation; policy, reference, "
+                               "value and reward passes run on the unmerged adapters only")
+
     def _hidden(self, input_ids, attention_mask) -> torch.Tensor:
+        self._check_unmerged()
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         decoder = self.model.get_base_model().get_decoder()
         checkpointed = self.checkpointing and torch.is_grad_enabled()

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from alignlab.errors import AlignlabError, ConfigError, TrainingDivergedError
 from alignlab.rl import ppo_math as F
+from alignlab.models.generation import generate_chat, merge_is_exact
 from alignlab.models.precision import autocast
 from alignlab.rl.shared_model import VALUE, SharedBaseModel
 from alignlab.stages.config import ppo_sampling_problems
@@ -94,6 +95,10 @@ class PPOTrainer:
         if len(self.prompts) < h.rollout_batch_size:
             raise AlignlabError(f"stage.ppo: {len(self.prompts)} prompt(s) fit max_prompt_length={h.max_prompt_length}; "
                                 f"need at least rollout_batch_size={h.rollout_batch_size}")
+        if h.merge_for_generation:
+            how = ("merged into the fp32 base weights" if merge_is_exact(shared.model)
+                   else "unmerged (the base is quantized or not fp32: merging would round)")
+            log.info("ppo: rollouts generate with the policy adapter %s", how)
         groups = shared.trainable()
         self.params = groups["policy"] + groups["value"]
         # Two parameter groups, policy then value, at their base rates; `_set_lr` scales both per iteration.
@@ -131,27 +136,18 @@ class PPOTrainer:
     def sample(self, prompts: List[List[dict]], iteration: int, **outputs):
         """(encoded prompts, generate() output) of an iteration's prompts, sampled from exactly
         softmax(logits / temperature), the distribution the log-probs assume: an explicit
-        GenerationConfig without truncation or penalties, and the checkpoint's generation_config
-        (whose repetition_penalty, no_repeat_ngram_size, suppress_tokens, ... transformers would
-        merge in) set aside for the call. `outputs`: e.g. output_scores=True."""
+        GenerationConfig without truncation or penalties through alignlab's one generation path
+        (`generate_chat`: the checkpoint's generation_config set aside, the policy adapter merged
+        where exact and `merge_for_generation` is on). `outputs`: e.g. output_scores=True."""
         from transformers import GenerationConfig
 
-        h, tok, lm = self.h, self.m.tokenizer, self.m.model.get_base_model()
+        h, tok = self.h, self.m.tokenizer
         torch.manual_seed(h.seed * 100003 + iteration * self.accelerator.num_processes + self.accelerator.process_index)
-        side, tok.padding_side = tok.padding_side, "left"
-        texts = [tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
-        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.m.device)
-        tok.padding_side = side
         config = GenerationConfig(do_sample=True, temperature=h.temperature, top_k=0, top_p=1.0, repetition_penalty=1.0,
                                   max_new_tokens=h.max_new_tokens, eos_token_id=tok.eos_token_id,
                                   pad_token_id=tok.pad_token_id, **outputs)
-        checkpoint_config, lm.generation_config = lm.generation_config, GenerationConfig()
-        try:
-            with autocast(self.precision):
-                return enc, self.m.model.generate(**enc, generation_config=config,
-                                                  logits_processor=_finite_logits(self.node, iteration))
-        finally:
-            lm.generation_config = checkpoint_config
+        return generate_chat(self.m.model, tok, prompts, config, self.precision,
+                             logits_processor=_finite_logits(self.node, iteration), merge=h.merge_for_generation)
 
     @torch.no_grad()
     def rollout(self, iteration: int) -> Rollout:
@@ -168,24 +164,21 @@ class PPOTrainer:
         attention = torch.cat([enc["attention_mask"], mask.long()], dim=1)
         texts_out = tok.batch_decode(response.masked_fill(after_eos, tok.pad_token_id), skip_special_tokens=True)
 
+        rows = m.rows_per_pass(response.shape[1])
         if self.reward_fn is not None:
             scores = torch.tensor([float(s) for s in self.reward_fn(prompts, texts_out)], device=m.device)
         else:
             with autocast(self.precision):
-                scores = m.scores(prompts, texts_out, has_eos.tolist(), h.reward_max_length, h.rollout_batch_size)
+                scores = m.scores(prompts, texts_out, has_eos.tolist(), h.reward_max_length, rows)
         raw_scores = scores
         scores = F.penalize_missing_eos(scores, has_eos, h.missing_eos_penalty, h.missing_eos_mode)
         if h.reward_clip is not None:
             scores = scores.clamp(-h.reward_clip, h.reward_clip)
 
-        with autocast(self.precision):
-            logits = m.response_logits(out, attention, context, h.temperature)
-            logprobs = gather_logprobs(logits, response)
-            entropy = F.masked_mean(F.entropy_from_logits(logits), mask)
-            del logits
-            with m.reference():
-                ref_logprobs = gather_logprobs(m.response_logits(out, attention, context, h.temperature), response)
-            values = m.values(out, attention, context).float()
+        passes = [self._rollout_passes(out[i:i + rows], attention[i:i + rows], context)
+                  for i in range(0, out.shape[0], rows)]
+        logprobs, entropies, ref_logprobs, values = (torch.cat(t) for t in zip(*passes))
+        entropy = F.masked_mean(entropies, mask)
         rewards, advantages, returns = F.rollout_targets(scores, logprobs, ref_logprobs, values, mask, self.kl.coef,
                                                          h.gamma, h.lam, h.whiten_rewards, h.whiten_advantages)
         kl_sum = F.sequence_kl(logprobs, ref_logprobs, mask, h.kl_estimator)
@@ -199,6 +192,20 @@ class PPOTrainer:
         samples = [{"iteration": iteration, "prompt": p[-1]["content"], "response": r, "eos": e, "score": s}
                    for p, r, e, s in zip(prompts, texts_out, has_eos.tolist(), raw_scores.tolist())]
         return Rollout(out, attention, context, mask, logprobs, values, advantages, returns, scores, stats, samples)
+
+    @torch.no_grad()
+    def _rollout_passes(self, ids: torch.Tensor, attention: torch.Tensor, context: int):
+        """Policy log-probs and entropies, reference log-probs and values [rows, T] of some rollout rows:
+        one forward each, on the unmerged adapters."""
+        m, t = self.m, self.h.temperature
+        with autocast(self.precision):
+            logits = m.response_logits(ids, attention, context, t)
+            logprobs, entropies = gather_logprobs(logits, ids[:, context:]), F.entropy_from_logits(logits)
+            del logits
+            with m.reference():
+                ref_logprobs = gather_logprobs(m.response_logits(ids, attention, context, t), ids[:, context:])
+            values = m.values(ids, attention, context).float()
+        return logprobs, entropies, ref_logprobs, values
 
     # -- update ------------------------------------------------------------------------------
     def _sync_gradients(self) -> None:

@@ -143,6 +143,7 @@ class PPOStageConfig:
     reward_max_length: int = within(512, ge=1)  # tokens of prompt + response the reward model reads
     mixed_precision: str = one_of("auto", *PRECISIONS)
     gradient_checkpointing: bool = False  # recompute layer activations in the backward passes (less memory)
+    merge_for_generation: bool = True  # sample with the policy adapter merged into fp32 base weights (not 4-bit/bf16)
     logging_steps: int = within(1, ge=1)
     save_steps: int = within(10, ge=1)  # checkpoint interval in iterations
     sample_responses: int = within(4, ge=0)  # responses per iteration kept in samples.jsonl
