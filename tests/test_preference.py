@@ -146,3 +146,52 @@ def test_reward_normalisation_makes_the_reference_set_score_zero(compose, stage_
     rows = ctx.data.train[:8]
     ppo_scores = shared.scores([r["prompt"] for r in rows], [r["chosen"][-1]["content"] for r in rows], [True] * 8, 128, 8)
     assert abs(ppo_scores.double().mean().item()) < 1e-4
+
+
+@pytest.mark.parametrize("side", ["keep_end", "keep_start"])
+def test_prompt_budget_cuts_prompts_and_leaves_responses_untouched(compose, stage_context, side):
+    """max_prompt_length: a longer prompt keeps its last N tokens (keep_end) or its first tokens and
+    the generation prompt (keep_start), in DPO's and the reward model's rows alike; responses are whole."""
+    from alignlab.models import load_tokenizer
+    from alignlab.stages.prompts import chat_ids, generation_prompt_length
+
+    n = 24
+    budget = [f"stage.{kind}.{key}={value}" for kind in ("dpo", "reward")
+              for key, value in (("max_prompt_length", n), ("on_long_prompt", side))]
+    cfg = compose(*PIPELINE, *budget)
+    ctx = stage_context(cfg, "dpo")
+    dpo_rows, rm_rows = dpo.build_trainer(ctx).train_dataset, reward.build_trainer(stage_context(cfg, "rm")).train_dataset
+    tok = load_tokenizer(cfg.model, cfg.paths.model_cache)
+    opener, cut = generation_prompt_length(tok), 0
+    assert len(dpo_rows) == len(rm_rows) == len(ctx.data.train)
+    for row, d, r in zip(ctx.data.train, dpo_rows, rm_rows):
+        prompt = chat_ids(tok, row["prompt"], generation_prompt=True)
+        kept = prompt if len(prompt) <= n else prompt[-n:] if side == "keep_end" else prompt[:n - opener] + prompt[-opener:]
+        cut += len(prompt) > n
+        assert d["prompt_ids"] == kept
+        for key in ("chosen", "rejected"):
+            response = chat_ids(tok, row["prompt"] + row[key])[len(prompt):]
+            assert d[f"{key}_ids"] == response
+            assert r[f"{key}_ids"] == (kept + response)[-128:]
+    assert cut > 0
+
+
+def test_prompt_kept_by_its_end_keeps_the_final_user_turn_and_the_generation_prompt(compose):
+    from alignlab.errors import ConfigError
+    from alignlab.models import load_tokenizer
+    from alignlab.stages.prompts import PromptBudget, chat_ids, preference_ids
+
+    cfg = compose(*PIPELINE)
+    tok = load_tokenizer(cfg.model, cfg.paths.model_cache)
+    question = "And what is the capital of France?"
+    row = {"prompt": [{"role": "user", "content": "Tell me a long story. " * 40},
+                      {"role": "assistant", "content": "Once upon a time. " * 40},
+                      {"role": "user", "content": question}],
+           "chosen": [{"role": "assistant", "content": "Paris."}], "rejected": [{"role": "assistant", "content": "Lyon."}]}
+    ids = preference_ids(tok, row, PromptBudget(tok, 32, "keep_end", "stage.dpo"))
+    assert len(ids["prompt_ids"]) == 32
+    assert tok.decode(ids["prompt_ids"]).endswith(f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n")
+    assert ids["prompt_ids"] == chat_ids(tok, row["prompt"], generation_prompt=True)[-32:]
+    assert tok.decode(ids["chosen_ids"]) == "Paris.<|im_end|>\n"
+    with pytest.raises(ConfigError, match=r"stage\.dpo\.max_prompt_length=3: the chat template's generation prompt"):
+        PromptBudget(tok, 3, "keep_start", "stage.dpo")

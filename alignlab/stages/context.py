@@ -240,20 +240,19 @@ class StageContext:
 
     def fit_to_length(self, tokenizer, rows: list, split: str) -> list:
         """Rows longer than `max_length` tokens (rendered through the chat template; a preference
-        row by its longer side) are counted in `too_long` and left to the trainer's truncation,
-        dropped, or an error, as `on_too_long` says."""
+        row by its longer side, its prompt cut to the stage's prompt budget) are counted in
+        `too_long` and left to the trainer's truncation, dropped, or an error, as `on_too_long` says."""
         from alignlab.data import DataError
+        from alignlab.stages.prompts import PromptBudget, chat_ids, preference_ids
 
         h, key = self.hparams, f"stage.{self.stage}"
-
-        def tokens(messages: list) -> int:
-            text = tokenizer.apply_chat_template(messages, tokenize=False)
-            return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        budget = PromptBudget.of(tokenizer, h, key)
 
         def length(row: dict) -> int:
             if "messages" in row:
-                return tokens(row["messages"])
-            return max(tokens(row["prompt"] + row[side]) for side in ("chosen", "rejected"))
+                return len(chat_ids(tokenizer, row["messages"]))
+            ids = preference_ids(tokenizer, row, budget)
+            return len(ids["prompt_ids"]) + max(len(ids["chosen_ids"]), len(ids["rejected_ids"]))
 
         lengths = [length(r) for r in rows]
         over = [i for i, n in enumerate(lengths) if n > h.max_length]

@@ -12,7 +12,6 @@ and every scorer of the artifact subtracts it.
 """
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 from typing import Dict, List, Sequence
@@ -21,6 +20,7 @@ import torch
 
 from alignlab.models import add_adapter, load_adapter, load_base, load_tokenizer
 from alignlab.stages.context import StageContext
+from alignlab.stages.prompts import PromptBudget, preference_ids
 
 MARGIN_PLOT = "reward_margins.png"
 OFFSET_FILE = "reward_offset.json"
@@ -106,19 +106,23 @@ def build_trainer(ctx: StageContext):
         disable_dropout=h.disable_dropout,
     )
     # held-out pairs are scored once, by `evaluate` below, not by the trainer
-    return ctx.trainer(RewardTrainer, model, args, held_out=False,
-                       prepare=functools.partial(tokenized_pairs, max_length=h.max_length))
+
+    def prepare(tokenizer, rows: Sequence[dict]) -> List[dict]:
+        return tokenized_pairs(tokenizer, rows, h.max_length, PromptBudget.of(tokenizer, h, f"stage.{ctx.stage}"))
+
+    return ctx.trainer(RewardTrainer, model, args, held_out=False, prepare=prepare)
 
 
-def tokenized_pairs(tokenizer, rows: Sequence[dict], max_length: int) -> List[dict]:
-    """Preference rows as the token ids trl's RewardTrainer would make of them, each side cut to
-    its last `max_length` tokens: trl drops longer pairs; alignlab truncates them (`on_too_long:
-    truncate`) keeping the response end, where the score is read, as RewardScorer does."""
-    def ids(messages: list) -> List[int]:
-        return tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"][-max_length:]
-
-    return [{"chosen_ids": ids(r["prompt"] + r["chosen"]), "rejected_ids": ids(r["prompt"] + r["rejected"])}
-            for r in rows]
+def tokenized_pairs(tokenizer, rows: Sequence[dict], max_length: int, budget: PromptBudget) -> List[dict]:
+    """Preference rows as the token ids trl's RewardTrainer would make of them, the prompt cut to
+    the budget, each side cut to its last `max_length` tokens: trl drops longer pairs; alignlab
+    truncates them (`on_too_long: truncate`) keeping the response end, where the score is read, as
+    RewardScorer does."""
+    out = []
+    for row in rows:
+        ids = preference_ids(tokenizer, row, budget)
+        out.append({f"{side}_ids": (ids["prompt_ids"] + ids[f"{side}_ids"])[-max_length:] for side in ("chosen", "rejected")})
+    return out
 
 
 def run(ctx: StageContext) -> Dict[str, float]:
