@@ -73,15 +73,21 @@ class RewardStageConfig(TrainerConfig):
     learning_rate: float = within(1e-4, gt=0)
     max_length: int = within(512, ge=1)
     # Prompt token budget (None: none): a longer prompt keeps its end (the final user turn and the
-    # generation prompt) or its start (alignlab.stages.prompts); responses are never cut by it.
+    # generation prompt) or its start, in every pair or only in pairs over max_length
+    # (alignlab.stages.prompts); responses are never cut by it.
     max_prompt_length: Optional[int] = within(None, ge=1)
     on_long_prompt: str = one_of("keep_end", "keep_end", "keep_start")
+    cut_prompts: str = one_of("always", "always", "over_max_length")
     center_rewards_coefficient: Optional[float] = within(None, ge=0)  # e.g. 0.01 keeps rewards centred on 0
     # After training, shift every score so the chosen replies of the first `normalize_rows` training
     # pairs (the reference set: demonstrations, as InstructGPT normalises) score 0 on average; 0: off.
     normalize_rows: int = within(0, ge=0)
     disable_dropout: bool = True
     score_batch_size: int = within(8, ge=1)  # batch size of held-out scoring (accuracy, margins)
+    # A batch element is a prompt with all its pairs (e.g. data ranked_pairs=all: every comparison of
+    # its ranked replies), each distinct response scored once and the loss averaged over the prompt's
+    # comparisons (InstructGPT); per_device_train_batch_size then counts prompts.
+    batch_by_prompt: bool = False
 
 
 @dataclass
@@ -95,9 +101,11 @@ class DPOStageConfig(TrainerConfig):
     label_smoothing: float = within(0.0, ge=0, lt=0.5)  # conservative DPO / robust DPO noise rate
     max_length: int = within(512, ge=1)
     # Prompt token budget (None: none): a longer prompt keeps its end (the final user turn and the
-    # generation prompt) or its start (alignlab.stages.prompts); responses are never cut by it.
+    # generation prompt) or its start, in every pair or only in pairs over max_length
+    # (alignlab.stages.prompts); responses are never cut by it.
     max_prompt_length: Optional[int] = within(None, ge=1)
     on_long_prompt: str = one_of("keep_end", "keep_end", "keep_start")
+    cut_prompts: str = one_of("always", "always", "over_max_length")
     precompute_ref_log_probs: bool = False  # score the reference once up front instead of every step
     disable_dropout: bool = True
 

@@ -1,6 +1,8 @@
 """Prompt budgets: a prompt longer than a stage's `max_prompt_length` tokens keeps its end
 (`keep_end`: the final user turn and the generation prompt) or its start (`keep_start`: the first
-tokens, then the generation prompt, so the response still follows the assistant header).
+tokens, then the generation prompt, so the response still follows the assistant header). A
+preference stage cuts every such prompt (`cut_prompts: always`, as later trl versions did) or only
+those of pairs longer than its `max_length` (`over_max_length`, as the DPO paper's code did).
 
 Written here because trl 1.16 has no prompt budget (DPOConfig dropped `max_prompt_length`; its
 `truncation_mode` cuts the whole prompt+response sequence, and `keep_end` is deprecated) and
@@ -33,10 +35,12 @@ def generation_prompt_length(tokenizer) -> int:
 
 class PromptBudget:
     """Cuts prompt token ids to `max_length` (None: no budget) as `mode` says; `key` (e.g. stage.dpo)
-    names the setting in errors."""
+    names the setting in errors; `pair_max_length` set: a pair's prompt is cut only when prompt +
+    longer response exceed it."""
 
-    def __init__(self, tokenizer, max_length: Optional[int], mode: str, key: str):
-        self.max_length, self.mode = max_length, mode
+    def __init__(self, tokenizer, max_length: Optional[int], mode: str, key: str,
+                 pair_max_length: Optional[int] = None):
+        self.max_length, self.mode, self.pair_max_length = max_length, mode, pair_max_length
         self.opener = generation_prompt_length(tokenizer) if max_length is not None else 0
         if max_length is not None and max_length <= self.opener:
             raise ConfigError(f"{key}.max_prompt_length={max_length}: the chat template's generation prompt alone "
@@ -45,7 +49,8 @@ class PromptBudget:
     @classmethod
     def of(cls, tokenizer, h, key: str) -> "PromptBudget":
         """The budget a stage's settings `h` declare (none for stages without `max_prompt_length`)."""
-        return cls(tokenizer, h.get("max_prompt_length"), h.get("on_long_prompt", "keep_end"), key)
+        pair_max_length = h.max_length if h.get("cut_prompts") == "over_max_length" else None
+        return cls(tokenizer, h.get("max_prompt_length"), h.get("on_long_prompt", "keep_end"), key, pair_max_length)
 
     def __call__(self, ids: List[int]) -> List[int]:
         if self.max_length is None or len(ids) <= self.max_length:
@@ -64,4 +69,7 @@ def preference_ids(tokenizer, row: dict, budget: PromptBudget) -> dict:
     prompt = chat_ids(tokenizer, row["prompt"], generation_prompt=True)
     sides = {side: chat_ids(tokenizer, row["prompt"] + row[side]) for side in ("chosen", "rejected")}
     start = min(common_prefix_length(prompt, ids) for ids in sides.values())
-    return {"prompt_ids": budget(prompt[:start]), **{f"{side}_ids": ids[start:] for side, ids in sides.items()}}
+    prompt, responses = prompt[:start], {f"{side}_ids": ids[start:] for side, ids in sides.items()}
+    if budget.pair_max_length is None or start + max(map(len, responses.values())) > budget.pair_max_length:
+        prompt = budget(prompt)
+    return {"prompt_ids": prompt, **responses}
