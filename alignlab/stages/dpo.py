@@ -16,6 +16,7 @@ from typing import Dict, List, Sequence
 
 from omegaconf import OmegaConf
 
+from alignlab.stages import trl_recipe
 from alignlab.stages.context import StageContext
 from alignlab.stages.prompts import PromptBudget, preference_ids
 
@@ -28,8 +29,9 @@ def build_trainer(ctx: StageContext):
 
     h = ctx.hparams
     set_seed(h.seed)
-    model = ctx.policy_model("policy")
-    args = ctx.trainer_args(
+    model = trl_recipe.policy_model(ctx, "policy")
+    args = trl_recipe.trainer_args(
+        ctx,
         DPOConfig,
         beta=h.beta,
         loss_type=list(h.loss_type),
@@ -50,7 +52,7 @@ def build_trainer(ctx: StageContext):
         return tokenized_pairs(tokenizer, rows, PromptBudget.of(tokenizer, h, f"stage.{ctx.stage}"), h.max_length,
                                ctx.node)
 
-    return ctx.trainer(TokenizedDPOTrainer, model, args, ref_model=None, prepare=prepare)
+    return trl_recipe.trainer(ctx, TokenizedDPOTrainer, model, args, ref_model=None, prepare=prepare)
 
 
 def tokenized_pairs(tokenizer, rows: Sequence[dict], budget: PromptBudget, max_length: int, node: str) -> List[dict]:
@@ -67,4 +69,4 @@ def tokenized_pairs(tokenizer, rows: Sequence[dict], budget: PromptBudget, max_l
 
 def run(ctx: StageContext) -> Dict[str, float]:
     # The frozen "ref" copy only serves training: the artifact keeps the policy adapter alone.
-    return ctx.fit(build_trainer(ctx), drop_adapters=("ref",))
+    return trl_recipe.fit(ctx, build_trainer(ctx), drop_adapters=("ref",))

@@ -20,6 +20,7 @@ from typing import Dict, List, Sequence
 import torch
 
 from alignlab.models import add_adapter, load_adapter, load_base, load_tokenizer
+from alignlab.stages import trl_recipe
 from alignlab.stages.context import StageContext
 from alignlab.stages.prompts import PromptBudget, preference_ids
 
@@ -99,7 +100,8 @@ def build_trainer(ctx: StageContext):
         gradient_checkpointing=h.gradient_checkpointing,
         init_from=init.adapter_dir if init is not None else None,
     )
-    args = ctx.trainer_args(
+    args = trl_recipe.trainer_args(
+        ctx,
         RewardConfig,
         held_out=False,
         max_length=h.max_length,
@@ -113,8 +115,8 @@ def build_trainer(ctx: StageContext):
         return by_prompt(rows, pairs) if h.batch_by_prompt else pairs
 
     if not h.batch_by_prompt:
-        return ctx.trainer(RewardTrainer, model, args, held_out=False, prepare=prepare)
-    return ctx.trainer(by_prompt_trainer(RewardTrainer), model, args, held_out=False, prepare=prepare)
+        return trl_recipe.trainer(ctx, RewardTrainer, model, args, held_out=False, prepare=prepare)
+    return trl_recipe.trainer(ctx, by_prompt_trainer(RewardTrainer), model, args, held_out=False, prepare=prepare)
 
 
 def tokenized_pairs(tokenizer, rows: Sequence[dict], max_length: int, budget: PromptBudget) -> List[dict]:
@@ -200,7 +202,7 @@ def by_prompt_trainer(reward_trainer_cls):
 
 def run(ctx: StageContext) -> Dict[str, float]:
     trainer = build_trainer(ctx)
-    metrics = ctx.fit(trainer)
+    metrics = trl_recipe.fit(ctx, trainer)
     h = ctx.hparams
     scorer = RewardScorer(plain_model(trainer), trainer.processing_class, h.max_length, h.score_batch_size)
     if h.normalize_rows:
