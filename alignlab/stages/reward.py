@@ -8,6 +8,7 @@ is saved with the adapter (`modules_to_save`) and reloads to identical scores.
 `normalize_rows` shifts the scores after training so a reference set (the chosen replies of the
 first training pairs) scores 0 on average; the shift is saved with the adapter (`reward_offset.json`)
 and every scorer of the artifact subtracts it.
+`batch_by_prompt` makes a batch element a prompt with all its comparisons (InstructGPT's batching).
 `RewardScorer` is the batched `score(prompt, response)` the PPO stage and the judge call.
 """
 from __future__ import annotations
@@ -108,12 +109,12 @@ def build_trainer(ctx: StageContext):
         center_rewards_coefficient=h.center_rewards_coefficient,
         disable_dropout=h.disable_dropout,
     )
-    # held-out pairs are scored once, by `evaluate` below, not by the trainer
 
     def prepare(tokenizer, rows: Sequence[dict]) -> List[dict]:
         pairs = tokenized_pairs(tokenizer, rows, h.max_length, PromptBudget.of(tokenizer, h, f"stage.{ctx.stage}"))
         return by_prompt(rows, pairs) if h.batch_by_prompt else pairs
 
+    # held-out pairs are scored once, by `evaluate` below, not by the trainer
     if not h.batch_by_prompt:
         return trl_recipe.trainer(ctx, RewardTrainer, model, args, held_out=False, prepare=prepare)
     return trl_recipe.trainer(ctx, by_prompt_trainer(RewardTrainer), model, args, held_out=False, prepare=prepare)
