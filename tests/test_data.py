@@ -151,6 +151,23 @@ def test_self_instruct_gsm8k_code_alpaca(home):
     assert len(with_input) >= 1000
 
 
+def test_gsm8k_prompts_carry_their_reference_answer(home):
+    data = load("gsm8k_train", "prompt", home, eval_fraction=0, system_prompt="Answer with #### N.")
+    assert len(data.train) == 7473
+    first = data.train[0]
+    assert first["prompt"][0] == {"role": "system", "content": "Answer with #### N."}
+    assert first["prompt"][1]["content"].startswith("Natalia sold clips")
+    assert first["reference"].endswith("#### 72")
+
+
+def test_columns_prompt_reference(tmp_path):
+    path = write_jsonl(tmp_path / "q.jsonl", [{"q": "1+1?", "a": "2"}, {"q": "2+2?", "a": " "}])
+    data = load(path, "prompt", format="columns", columns={"prompt": "q", "reference": "a"}, eval_fraction=0,
+                on_bad_row="drop")
+    assert data.train == [{"prompt": [{"role": "user", "content": "1+1?"}], "reference": "2"}]
+    assert data.report["bad"]["examples"] == ["row 2: field 'reference': expected a non-empty string"]
+
+
 def test_question_prompts(home):
     mt = load("mtbench", "prompt", home, eval_fraction=0)
     assert len(mt.train) == 80 and mt.train[0]["prompt"][0]["content"].startswith("Compose an engaging travel blog")

@@ -43,8 +43,10 @@ def test_paper_config_holds_its_sources_values_or_declares_why_not(compose, pape
     unsourced = {k for k in _set_keys(paper) if k not in full.paper.sourced and covering(k, full.paper.deviations) is None}
     assert not unsourced, f"{paper}: set without a source or a deviation: {sorted(unsourced)}"
     # Full scale: hub model and hub datasets.
-    assert not full.model.name_or_path.startswith("embedded:") and full.model.chat_template
-    used = {"sft": ["sft"], "reward": ["preference"], "dpo": ["preference"], "ppo": ["prompts"]}
+    assert not full.model.name_or_path.startswith("embedded:")
+    assert full.model.chat_template or full.model.name_or_path.endswith("-instruct")  # instruct models ship theirs
+    used = {"sft": ["sft"], "reward": ["preference"], "dpo": ["preference"], "ppo": ["prompts"], "grpo": ["prompts"],
+            "rloo": ["prompts"]}
     for kind in {node.stage for node in full.pipeline.nodes.values()}:
         for data in used[kind]:
             assert full.data[data].source.startswith("hub:"), (paper, data)

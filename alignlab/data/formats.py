@@ -76,6 +76,11 @@ def _gsm8k(r: dict) -> list:
     return [{"messages": [_msg("user", _text(r, "question")), _msg("assistant", _text(r, "answer"))]}]
 
 
+def _gsm8k_prompt(r: dict) -> list:
+    """The question, with the whole solution (ending in `#### N`) as the reference answer."""
+    return [{"prompt": [_msg("user", _text(r, "question"))], "reference": _text(r, "answer")}]
+
+
 def _first_turn(r: dict) -> list:
     """MT-Bench / Vicuna questions: `turns` (first one only) or FastChat's older `text`."""
     if "turns" not in r:
@@ -277,7 +282,7 @@ FORMATS: dict[str, dict[str, Parser]] = {
     "hh_rlhf": {"sft": _hh_sft, "preference": _hh_preference},
     "guanaco": {"sft": _guanaco},
     "self_instruct": {"sft": _self_instruct},
-    "gsm8k": {"sft": _gsm8k},
+    "gsm8k": {"sft": _gsm8k, "prompt": _gsm8k_prompt},
     "mtbench": {"prompt": _first_turn},
     "vicuna": {"prompt": _first_turn},
     "columns": {},  # built from DataConfig.columns by `row_parser`
@@ -285,7 +290,7 @@ FORMATS: dict[str, dict[str, Parser]] = {
 
 _COLUMNS_REQUIRED = {"sft": ("prompt", "response"), "preference": ("prompt", "chosen", "rejected"),
                      "prompt": ("prompt",)}
-_COLUMNS_KNOWN = {"prompt", "response", "chosen", "rejected", "system"}
+_COLUMNS_KNOWN = {"prompt", "response", "chosen", "rejected", "system", "reference"}
 
 
 def _columns_parser(columns: dict, kind: str) -> Parser:
@@ -294,7 +299,7 @@ def _columns_parser(columns: dict, kind: str) -> Parser:
     missing = [k for k in _COLUMNS_REQUIRED[kind] if k not in columns]
     if unknown or missing:
         raise DataError(f"format 'columns' with kind '{kind}' needs columns {list(_COLUMNS_REQUIRED[kind])} "
-                        f"(+ optional 'system'); missing {missing}, unknown {unknown}")
+                        f"(+ optional 'system', and 'reference' for prompts); missing {missing}, unknown {unknown}")
 
     def parse(r: dict) -> list:
         system = _optional_text(r, columns["system"]) if "system" in columns else None
@@ -303,7 +308,8 @@ def _columns_parser(columns: dict, kind: str) -> Parser:
             return [{"messages": prompt + [_msg("assistant", _text(r, columns["response"]))]}]
         if kind == "preference":
             return [_pair(prompt, _text(r, columns["chosen"]), _text(r, columns["rejected"]))]
-        return [{"prompt": prompt}]
+        reference = {"reference": _text(r, columns["reference"])} if "reference" in columns else {}
+        return [{"prompt": prompt, **reference}]
 
     return parse
 

@@ -2,7 +2,8 @@
 
 Kinds: `sft` {"messages": [...]} ending with an assistant turn; `preference`
 {"prompt": [... user], "chosen": [assistant], "rejected": [assistant]}; `prompt`
-{"prompt": [... user]}. Messages are {"role": system|user|assistant, "content": str}: an
+{"prompt": [... user]}, optionally with `reference` (the reference answer a verifiable reward
+compares a response with, e.g. GSM8K's solution ending in `#### N`). Messages are {"role": system|user|assistant, "content": str}: an
 optional leading system message, then user and assistant turns alternating.
 """
 from __future__ import annotations
@@ -29,8 +30,8 @@ def canonical_json(obj) -> str:
 
 
 def text_length(row: dict) -> int:
-    """Characters of all message contents of a row."""
-    return sum(len(m["content"]) for messages in row.values() for m in messages)
+    """Characters of all message contents of a row (a reference answer not counted)."""
+    return sum(len(m["content"]) for key, messages in row.items() if key != "reference" for m in messages)
 
 
 def with_system_prompt(row: dict, system_prompt: str | None) -> dict:
@@ -44,7 +45,7 @@ def with_system_prompt(row: dict, system_prompt: str | None) -> dict:
 def to_prompt(row: dict) -> dict:
     """Prompt row of an sft row (final assistant turn dropped) or a preference row."""
     if "prompt" in row:
-        return {"prompt": row["prompt"]}
+        return {k: row[k] for k in ("prompt", "reference") if k in row}
     messages = row["messages"]
     if not messages or messages[-1]["role"] != "assistant":
         raise BadRow("messages", "does not end with an assistant turn")
@@ -80,6 +81,8 @@ def check_row(row: dict, kind: str, min_chars: int) -> None:
         _check_conversation(row["messages"], "messages", "assistant", min_chars)
         return
     _check_conversation(row["prompt"], "prompt", "user", min_chars)
+    if kind == "prompt" and "reference" in row and not (isinstance(row["reference"], str) and row["reference"].strip()):
+        raise BadRow("reference", "expected a non-empty string")
     if kind == "preference":
         for field in ("chosen", "rejected"):
             if len(row[field]) != 1 or row[field][0]["role"] != "assistant":

@@ -100,6 +100,15 @@ register(StageSpec(
     curves=("reward/mean", "reward/with_kl_mean", "kl", "loss/policy", "loss/value"),
     check=stage_config.ppo_problems))
 
+ONLINE_RL = dict(recipe="alignlab.stages.grpo", data_kind="prompt", default_data="prompts", generative=True, rival=True,
+                 headline=("final/reward_mean", "reward/gain"),
+                 curves=("reward", "kl", "entropy", "completions/mean_length", "completions/clipped_ratio"),
+                 check=stage_config.online_rl_problems)
+register(StageSpec(kind="grpo", config=stage_config.GRPOStageConfig,
+                   upstream={"policy": ("sft", "dpo", "grpo"), "reward": ("reward",)}, **ONLINE_RL))
+register(StageSpec(kind="rloo", config=stage_config.RLOOStageConfig,
+                   upstream={"policy": ("sft", "dpo", "rloo"), "reward": ("reward",)}, **ONLINE_RL))
+
 
 def headline(kinds) -> Tuple[str, ...]:
     """The headline metrics of these stage kinds, in registry order, each once (unknown kinds: none)."""

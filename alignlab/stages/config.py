@@ -221,3 +221,114 @@ def ppo_problems(cfg, name: str, h, checked) -> List[str]:
         problems.append("stage.ppo.missing_eos_mode=replace: set stage.ppo.missing_eos_penalty (the score of a "
                         "response without EOS becomes its negative)")
     return problems + ppo_sampling_problems(h, mixed_precision(h.mixed_precision))
+
+
+# trl 1.16 GRPOConfig.loss_type (its help text lists them; trl keeps no list in code).
+GRPO_LOSSES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")
+REWARD_NODE = "reward_model"  # the reward node's name among a grpo/rloo node's reward functions
+
+
+@dataclass
+class OnlineRLStageConfig(TrainerConfig):
+    """Settings grpo and rloo share (trl GRPOTrainer / RLOOTrainer): the policy samples
+    `num_generations` completions per prompt, rewards score them, each is reinforced by its
+    advantage within its group. `per_device_train_batch_size` counts completions, not prompts."""
+
+    learning_rate: float = within(1e-5, gt=0)
+    per_device_train_batch_size: int = within(8, ge=1)
+    num_generations: int = within(8, ge=2)  # completions per prompt (the group)
+    max_completion_length: int = within(256, ge=1)
+    max_prompt_length: int = within(512, ge=1)  # prompt tokens; longer prompts are dropped (counted) or an error
+    on_too_long: str = one_of("drop", "drop", "error")  # trl 1.16 cuts no prompt, so none is truncated
+    temperature: float = within(1.0, gt=0)
+    beta: float = within(0.0, ge=0)  # KL coefficient against the reference; 0: no reference is kept
+    epsilon: float = within(0.2, gt=0)  # clip range of the probability ratio
+    epsilon_high: Optional[float] = within(None, gt=0)  # upper clip range (DAPO's clip-higher); None: epsilon
+    num_iterations: int = within(1, ge=1)  # passes over each generated batch (mu)
+    # Micro-batches each generated batch is split into (None: gradient_accumulation_steps, i.e. one
+    # optimizer step per generated batch); more: several updates per generation, off-policy after the first.
+    steps_per_generation: Optional[int] = within(None, ge=1)
+    mask_truncated_completions: bool = False  # completions cut at max_completion_length leave the loss
+    # name -> {_target_: module.fn, **kwargs}: fn(prompts, responses, **columns) -> list[float]; it is
+    # also passed each prompt row's fields it names (e.g. `reference`) and `finished` (ended with EOS).
+    reward_fns: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    reward_weights: Dict[str, float] = field(default_factory=dict)  # name -> weight (default 1); reward node: reward_model
+    reward_max_length: int = within(512, ge=1)  # tokens of prompt + completion the reward node reads
+    score_batch_size: int = within(8, ge=1)
+    sample_responses: int = within(4, ge=0)  # completions per generated batch kept in samples.jsonl
+    disable_dropout: bool = True  # sampling and update log-probs must match
+    # A batch whose groups all have equal rewards has exactly zero gradient: no signal, not a collapse.
+    collapse_patience: int = within(0, ge=0)
+    logging_steps: int = within(1, ge=1)
+
+
+@dataclass
+class GRPOStageConfig(OnlineRLStageConfig):
+    """Group relative policy optimisation (trl GRPOTrainer; Shao et al. 2024) and its loss variants."""
+
+    loss_type: str = one_of("dapo", *GRPO_LOSSES)  # token aggregation: grpo (per sequence), dr_grpo, dapo, bnpo, ...
+    scale_rewards: str = one_of("group", "group", "batch", "none")  # divide advantages by the group's/batch's std
+
+
+@dataclass
+class RLOOStageConfig(OnlineRLStageConfig):
+    """REINFORCE leave-one-out (trl RLOOTrainer; Ahmadian et al. 2024): baseline = the other completions' mean."""
+
+    beta: float = within(0.05, ge=0)  # trl's default
+    normalize_advantages: bool = False
+
+
+def online_rl_problems(cfg, name: str, h, checked) -> List[str]:
+    """Preflight of a grpo/rloo node: a reward source, resolvable reward functions whose row fields the
+    data has, weights naming rewards, whole prompt groups per generation batch, enough prompts."""
+    import inspect
+    import os
+
+    from omegaconf import OmegaConf
+
+    from alignlab.errors import AlignlabError
+    from alignlab.rl import rewards
+
+    node = cfg.pipeline.nodes[name]
+    own = set(node.hparams)
+    where = lambda key: f"pipeline.nodes.{name}.hparams.{key}" if key in own else f"stage.{node.stage}.{key}"  # noqa: E731
+    problems, names = [], list(h.reward_fns) + ([REWARD_NODE] if node.get("reward") else [])
+    if not names:
+        problems.append(f"pipeline.nodes.{name}: a {node.stage} node needs a reward: a `reward:` upstream node "
+                        f"and/or {where('reward_fns')}")
+    if REWARD_NODE in h.reward_fns:
+        problems.append(f"{where('reward_fns')}.{REWARD_NODE}: the name is the reward node's; choose another")
+    data = checked.data.get(name)
+    columns = set.intersection(*(set(r) for r in data.train)) - {"prompt"} if data is not None else None
+    for fn_name, spec in h.reward_fns.items():
+        key = f"{where('reward_fns')}.{fn_name}"
+        try:
+            fn = rewards.resolve(OmegaConf.to_container(spec, resolve=True), key=key)
+        except AlignlabError as err:
+            problems.append(str(err))
+            continue
+        needed = [p.name for p in list(inspect.signature(fn).parameters.values())[2:]
+                  if p.default is inspect.Parameter.empty and p.kind is not p.VAR_KEYWORD and p.name != "finished"]
+        missing = [p for p in needed if columns is not None and p not in columns]
+        if missing:
+            problems.append(f"{key}: {spec['_target_']} needs the field(s) {missing} of every prompt row; "
+                            f"data.{checked.data_names[name]} has {sorted(columns) or 'none'}")
+    unknown = sorted(set(h.reward_weights) - set(names))
+    if unknown:
+        problems.append(f"{where('reward_weights')}: {unknown} name no reward of this node (rewards: {names})")
+    if h.epsilon_high is not None and h.epsilon_high < h.epsilon:
+        problems.append(f"{where('epsilon_high')}={h.epsilon_high} is below {where('epsilon')}={h.epsilon}")
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    steps = ("steps_per_generation", h.steps_per_generation) if h.steps_per_generation else (
+        "gradient_accumulation_steps", h.gradient_accumulation_steps)
+    batch = h.per_device_train_batch_size * steps[1] * processes
+    if batch % h.num_generations:
+        problems.append(f"{where('per_device_train_batch_size')}={h.per_device_train_batch_size} x "
+                        f"{steps[0]}={steps[1]} x {processes} process(es) = "
+                        f"{batch} completions per generation batch, not a multiple of {where('num_generations')}="
+                        f"{h.num_generations} (trl samples whole groups)")
+    elif data is not None and len(data.train) < batch // h.num_generations:
+        problems.append(f"pipeline.nodes.{name}: {len(data.train)} training prompt(s) in data."
+                        f"{checked.data_names[name]}, fewer than the {batch // h.num_generations} of one "
+                        "generation batch")
+    return problems

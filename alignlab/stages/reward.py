@@ -16,11 +16,12 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
 from alignlab.models import add_adapter, load_adapter, load_base, load_tokenizer
+from alignlab.rl.shared_model import chat_texts
 from alignlab.stages import trl_recipe
 from alignlab.stages.context import StageContext
 from alignlab.stages.prompts import PromptBudget, preference_ids
@@ -55,15 +56,12 @@ class RewardScorer:
         model = load_adapter(base, adapter_dir, trainable=False)
         return cls(model, tokenizer, max_length, batch_size, reward_offset(adapter_dir))
 
-    def texts(self, prompts: Sequence[List[dict]], responses: Sequence[str]) -> List[str]:
-        return [
-            self.tokenizer.apply_chat_template(list(p) + [{"role": "assistant", "content": r}], tokenize=False)
-            for p, r in zip(prompts, responses)
-        ]
-
     @torch.no_grad()
-    def score(self, prompts: Sequence[List[dict]], responses: Sequence[str]) -> torch.Tensor:
-        texts = self.texts(prompts, responses)
+    def score(self, prompts: Sequence[List[dict]], responses: Sequence[str],
+              finished: Optional[Sequence[bool]] = None) -> torch.Tensor:
+        """Scores of finished responses (default), or as `finished` says: one cut off without EOS is
+        read with its assistant turn left open, as PPO's reward model reads it (`chat_texts`)."""
+        texts = chat_texts(self.tokenizer, prompts, responses, [True] * len(responses) if finished is None else finished)
         device = next(self.model.parameters()).device
         out = []
         for i in range(0, len(texts), self.batch_size):

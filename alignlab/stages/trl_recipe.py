@@ -105,36 +105,42 @@ def trainer(ctx: StageContext, trainer_cls, model, args, held_out: bool = True, 
 
 def fit_to_length(ctx: StageContext, tokenizer, rows: list, split: str) -> list:
     """Rows longer than `max_length` tokens (rendered through the chat template; a preference row
-    by its longer side, its prompt cut to the stage's prompt budget) are counted in `ctx.too_long`
-    and left to the trainer's truncation, dropped, or an error, as `on_too_long` says."""
+    by its longer side, its prompt cut to the stage's prompt budget; a prompt row, against
+    `max_prompt_length`, with the generation prompt) are counted in `ctx.too_long` and left to the
+    trainer's truncation, dropped, or an error, as `on_too_long` says."""
     from alignlab.data import DataError
     from alignlab.stages.prompts import PromptBudget, chat_ids, preference_ids
 
-    h, key = ctx.hparams, f"stage.{ctx.stage}"
-    budget = PromptBudget.of(tokenizer, h, key)
+    h = ctx.hparams
+    limit = "max_length" if "max_length" in h else "max_prompt_length"
+    key = f"stage.{ctx.stage}.{limit}"
+    budget = PromptBudget.of(tokenizer, h, f"stage.{ctx.stage}") if limit == "max_length" else None
 
     def length(row: dict) -> int:
         if "messages" in row:
             return len(chat_ids(tokenizer, row["messages"]))
+        if "chosen" not in row:
+            return len(chat_ids(tokenizer, row["prompt"], generation_prompt=True))
         ids = preference_ids(tokenizer, row, budget)
         return len(ids["prompt_ids"]) + max(len(ids["chosen_ids"]), len(ids["rejected_ids"]))
 
     lengths = [length(r) for r in rows]
-    over = [i for i, n in enumerate(lengths) if n > h.max_length]
+    over = [i for i, n in enumerate(lengths) if n > h[limit]]
     ctx.too_long[split] = len(over)
     if not over:
         return rows
     where = f"{ctx.data.report['path']}: {split} row {over[0] + 1} of {len(rows)}"
     if h.on_too_long == "error":
-        raise DataError(f"{where} has {lengths[over[0]]} tokens, more than {key}.max_length={h.max_length}; "
-                        f"set {key}.on_too_long=truncate or drop, or raise max_length")
-    log.warning("node %s: %d of %d %s rows are longer than max_length=%d tokens: %s", ctx.node, len(over),
-                len(rows), split, h.max_length, "dropped" if h.on_too_long == "drop" else "truncated")
+        fixes = "drop" if limit == "max_prompt_length" else "truncate or drop"  # trl cuts no prompt
+        raise DataError(f"{where} has {lengths[over[0]]} tokens, more than {key}={h[limit]}; "
+                        f"set stage.{ctx.stage}.on_too_long={fixes}, or raise {limit}")
+    log.warning("node %s: %d of %d %s rows are longer than %s=%d tokens: %s", ctx.node, len(over),
+                len(rows), split, limit, h[limit], "dropped" if h.on_too_long == "drop" else "truncated")
     if h.on_too_long == "truncate":
         return rows
-    kept = [r for i, r in enumerate(rows) if lengths[i] <= h.max_length]
+    kept = [r for i, r in enumerate(rows) if lengths[i] <= h[limit]]
     if not kept:
-        raise DataError(f"{where}: every {split} row is longer than {key}.max_length={h.max_length}")
+        raise DataError(f"{where}: every {split} row is longer than {key}={h[limit]}")
     return kept
 
 
