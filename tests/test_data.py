@@ -122,6 +122,21 @@ def test_oasst_trees(home):
         assert ranks[question, row["chosen"][0]["content"]] < ranks[question, row["rejected"][0]["content"]]
     prompts = load("oasst_en_100", "prompt", home, eval_fraction=0)
     assert len(prompts.train) == 212 and prompts.report["duplicates"]["count"] == 217
+    # ranked_pairs=all: every two replies of different rank, C(K, 2) per prompt with K distinct ranks
+    every = load("oasst_en_100", "preference", home, eval_fraction=0, ranked_pairs="all")
+    assert len(every.train) == 754
+    for row in every.train:
+        question = row["prompt"][-1]["content"]
+        assert ranks[question, row["chosen"][0]["content"]] < ranks[question, row["rejected"][0]["content"]]
+    per_prompt = {}
+    for row in every.train:
+        per_prompt.setdefault(json.dumps(row["prompt"]), set()).update(
+            {row["chosen"][0]["content"], row["rejected"][0]["content"]})
+    counts = [sum(json.dumps(r["prompt"]) == key for r in every.train) for key in per_prompt]
+    assert max(counts) >= 6 and all(n <= len(replies) * (len(replies) - 1) // 2
+                                    for n, replies in zip(counts, per_prompt.values()))
+    with pytest.raises(DataError, match=r"ranked_pairs=all: format 'hh_rlhf' has no ranked replies"):
+        load("hh_rlhf_harmless", "preference", home, ranked_pairs="all")
 
 
 def test_self_instruct_gsm8k_code_alpaca(home):

@@ -387,3 +387,27 @@ def test_policy_ema_is_the_saved_adapter_and_resumes(compose, tmp_path):
                        PROMPTS, "no", reward_fn=rewards.resolve(LENGTH))
     again._resume(tmp_path / "ckpt")
     assert all(torch.equal(a, b) for a, b in zip(again.ema, checkpointed))
+
+
+@pytest.mark.parametrize("side", ["keep_end", "keep_start", "drop"])
+def test_long_rollout_prompts_are_cut_or_left_out(compose, side):
+    """stage.ppo.on_long_prompt: the policy samples after the prompt's last max_prompt_length tokens
+    (keep_end), its first tokens and the generation prompt (keep_start), or never sees it (drop)."""
+    from alignlab.rl import rewards
+    from alignlab.rl.shared_model import SharedBaseModel
+    from alignlab.rl.trainer import PPOTrainer
+    from alignlab.stages.prompts import chat_ids, generation_prompt_length
+
+    cfg = compose(*TINY_PPO, "pipeline=sft_ppo", "stage.ppo.max_prompt_length=40", f"stage.ppo.on_long_prompt={side}")
+    shared = SharedBaseModel(cfg, None, None, reference="base", value_init="fresh")
+    long = [{"role": "user", "content": "Tell me about cats, rain, tea, maps and jazz, one by one, at length."}]
+    trainer = PPOTrainer(shared, cfg.stage.ppo, [long] + PROMPTS, "no", reward_fn=rewards.resolve(LENGTH))
+    full, opener = chat_ids(shared.tokenizer, long, generation_prompt=True), generation_prompt_length(shared.tokenizer)
+    assert len(full) > 40 >= max(len(chat_ids(shared.tokenizer, p, generation_prompt=True)) for p in PROMPTS)
+    if side == "drop":
+        assert trainer.prompts == PROMPTS
+        return
+    assert trainer.prompts == [long] + PROMPTS
+    enc, _ = trainer.sample([long], 0)
+    kept = full[-40:] if side == "keep_end" else full[:40 - opener] + full[-opener:]
+    assert enc["input_ids"][0].tolist() == kept

@@ -104,7 +104,7 @@ def load_data(cfg: DataConfig, kind: str, data_home: str | None = None,
     """
     _check_options(cfg, kind)
     fmt, read = _source(cfg, data_home)
-    parse = row_parser(fmt, kind, dict(cfg.columns or {}))
+    parse = row_parser(fmt, kind, dict(cfg.columns or {}), cfg.ranked_pairs)
     records = read()
     label = records.label
     report = {"source": str(cfg.source), "path": label, "format": fmt, "kind": kind,

@@ -21,6 +21,8 @@ class DataConfig:
     include: Dict[str, List[str]] = field(default_factory=dict)  # keep raw records whose field is in the list
     exclude: Dict[str, List[str]] = field(default_factory=dict)  # drop raw records whose field is in the list
     system_prompt: Optional[str] = None  # prepended as a system message when the row has none
+    # Pairs of ranked replies (oasst): the best-ranked against each worse one, or every two of different rank
+    ranked_pairs: str = one_of("best", "best", "all")
     ties: str = one_of("drop", "drop", "error")  # preference sources with ties (AlpacaEval annotations)
     on_bad_row: str = one_of("error", "error", "drop")  # drop: dropped rows are counted and reported
     dedup: bool = True  # drop rows whose canonical content repeats

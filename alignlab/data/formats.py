@@ -246,11 +246,11 @@ def _oasst_sft(r: dict) -> list:
         node, at = replies[i], f"{at}.replies[{i}]"
 
 
-def _oasst_preference(r: dict) -> list:
+def _oasst_preference(r: dict, every: bool = False) -> list:
     """For every prompter turn of the tree whose ranked assistant replies have >= 2 distinct
     ranks: one pair per strictly worse-ranked reply, against the best-ranked reply (first among
-    equals), with the conversation up to that prompter turn as the prompt. Unranked replies
-    take no part in pairs."""
+    equals), or (`every`) one pair per two replies of different rank, with the conversation up to
+    that prompter turn as the prompt. Unranked replies take no part in pairs."""
     pairs: list = []
 
     def visit(node, at: str, history: list) -> None:
@@ -261,11 +261,10 @@ def _oasst_preference(r: dict) -> list:
             ranked = sorted((_oasst_rank(n, p), i) for i, (n, p) in enumerate(zip(replies, paths))
                             if isinstance(n, dict) and n.get("rank") is not None)
             if len({rank for rank, _ in ranked}) >= 2:
-                best_rank, best = ranked[0]
-                chosen = _oasst_node(replies[best], paths[best])[0]["content"]
-                for rank, i in ranked[1:]:
-                    if rank > best_rank:
-                        pairs.append(_pair(history, chosen, _oasst_node(replies[i], paths[i])[0]["content"]))
+                text = {i: _oasst_node(replies[i], paths[i])[0]["content"] for _, i in ranked}
+                winners = ranked if every else ranked[:1]
+                for a, (best_rank, best) in enumerate(winners):
+                    pairs.extend(_pair(history, text[best], text[i]) for rank, i in ranked[a + 1:] if rank > best_rank)
         for reply, path in zip(replies, paths):
             visit(reply, path, history)
 
@@ -315,10 +314,19 @@ def _columns_parser(columns: dict, kind: str) -> Parser:
     return parse
 
 
-def row_parser(fmt: str, kind: str, columns: dict) -> Parser:
-    """The parser turning records of format `fmt` into rows of `kind`."""
+# Formats whose preference rows come from ranked replies: their parser with every pair of different rank.
+RANKED = {"oasst": lambda r: _oasst_preference(r, every=True)}
+
+
+def row_parser(fmt: str, kind: str, columns: dict, ranked_pairs: str = "best") -> Parser:
+    """The parser turning records of format `fmt` into rows of `kind` (`ranked_pairs`: see DataConfig)."""
     if fmt not in FORMATS:
         raise DataError(f"unknown data format {fmt!r}; known formats: {', '.join(sorted(FORMATS))}")
+    if ranked_pairs == "all" and kind == "preference":
+        if fmt not in RANKED:
+            raise DataError(f"ranked_pairs=all: format '{fmt}' has no ranked replies (formats with them: "
+                            f"{', '.join(RANKED)})")
+        return RANKED[fmt]
     if fmt == "columns":
         return _columns_parser(columns, kind)
     parsers = FORMATS[fmt]

@@ -64,23 +64,28 @@ def merged_adapter(model, enabled: bool = True):
 def generate_chat(model, tokenizer, conversations: List[List[Dict[str, str]]], config, precision: str = "no",
                   logits_processor=None, merge: bool = True):
     """(encoded prompts, `generate()` output) of one batch of conversations: chat template with the
-    generation prompt, left padding, exactly `config` (a transformers GenerationConfig; the
-    checkpoint's generation_config is set aside for the call), `precision` autocast (no | bf16 |
-    fp16), the active LoRA adapter merged where exact unless `merge` is False. Seed torch first
-    for reproducible sampling."""
-    from transformers import GenerationConfig
-
+    generation prompt, left padding, then `generate_encoded`."""
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     try:
         texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
         enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     finally:
         tokenizer.padding_side = side
+    return enc, generate_encoded(model, enc, config, precision, logits_processor, merge)
+
+
+def generate_encoded(model, enc, config, precision: str = "no", logits_processor=None, merge: bool = True):
+    """`generate()` output for left-padded encoded prompts `enc`: exactly `config` (a transformers
+    GenerationConfig; the checkpoint's generation_config is set aside for the call), `precision`
+    autocast (no | bf16 | fp16), the active LoRA adapter merged where exact unless `merge` is
+    False. Seed torch first for reproducible sampling."""
+    from transformers import GenerationConfig
+
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     checkpoint_config, lm.generation_config = lm.generation_config, GenerationConfig()
     try:
         with merged_adapter(model, merge), autocast(precision):
-            return enc, model.generate(**enc, generation_config=config, logits_processor=logits_processor)
+            return model.generate(**enc, generation_config=config, logits_processor=logits_processor)
     finally:
         lm.generation_config = checkpoint_config
 

@@ -24,11 +24,12 @@ from tqdm.auto import tqdm
 
 from alignlab.errors import AlignlabError, ConfigError, TrainingDivergedError
 from alignlab.rl import ppo_math as F
-from alignlab.models.generation import generate_chat, merge_is_exact
+from alignlab.models.generation import generate_encoded, merge_is_exact
 from alignlab.models.precision import autocast
 from alignlab.rl.shared_model import VALUE, SharedBaseModel
 from alignlab.stages.config import ppo_sampling_problems
 from alignlab.stages.context import CollapseWatch
+from alignlab.stages.prompts import PromptBudget, chat_ids
 from alignlab.tracking import cut_jsonl
 
 log = logging.getLogger("alignlab.ppo")
@@ -86,12 +87,16 @@ class PPOTrainer:
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
         self.reward_fn, self.log_fn, self.rewind_fn = reward_fn, log_fn, rewind_fn
         tok = shared.tokenizer
-        texts = [tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
-        lengths = [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
-        self.prompts = [p for p, n in zip(prompts, lengths) if n <= h.max_prompt_length]
-        if len(self.prompts) < len(prompts):
-            log.info("ppo: %d of %d prompts longer than max_prompt_length=%d left out",
-                     len(prompts) - len(self.prompts), len(prompts), h.max_prompt_length)
+        # The policy sees each prompt's rendered ids, cut to the budget unless long prompts are dropped;
+        # the reward (and samples.jsonl) read the prompt whole.
+        cut = h.on_long_prompt != "drop"
+        self.budget = PromptBudget(tok, h.max_prompt_length if cut else None, h.on_long_prompt, "stage.ppo")
+        lengths = [len(chat_ids(tok, p, generation_prompt=True)) for p in prompts]
+        self.prompts = [p for p, n in zip(prompts, lengths) if cut or n <= h.max_prompt_length]
+        over = sum(n > h.max_prompt_length for n in lengths)
+        if over:
+            log.info("ppo: %d of %d prompts longer than max_prompt_length=%d %s", over, len(prompts),
+                     h.max_prompt_length, f"cut ({h.on_long_prompt})" if cut else "left out")
         if len(self.prompts) < h.rollout_batch_size:
             raise AlignlabError(f"stage.ppo: {len(self.prompts)} prompt(s) fit max_prompt_length={h.max_prompt_length}; "
                                 f"need at least rollout_batch_size={h.rollout_batch_size}")
@@ -137,17 +142,19 @@ class PPOTrainer:
         """(encoded prompts, generate() output) of an iteration's prompts, sampled from exactly
         softmax(logits / temperature), the distribution the log-probs assume: an explicit
         GenerationConfig without truncation or penalties through alignlab's one generation path
-        (`generate_chat`: the checkpoint's generation_config set aside, the policy adapter merged
+        (`generate_encoded`: the checkpoint's generation_config set aside, the policy adapter merged
         where exact and `merge_for_generation` is on). `outputs`: e.g. output_scores=True."""
         from transformers import GenerationConfig
 
         h, tok = self.h, self.m.tokenizer
         torch.manual_seed(h.seed * 100003 + iteration * self.accelerator.num_processes + self.accelerator.process_index)
+        ids = [self.budget(chat_ids(tok, p, generation_prompt=True)) for p in prompts]
+        enc = tok.pad({"input_ids": ids}, padding_side="left", return_tensors="pt").to(self.m.device)
         config = GenerationConfig(do_sample=True, temperature=h.temperature, top_k=0, top_p=1.0, repetition_penalty=1.0,
                                   max_new_tokens=h.max_new_tokens, eos_token_id=tok.eos_token_id,
                                   pad_token_id=tok.pad_token_id, **outputs)
-        return generate_chat(self.m.model, tok, prompts, config, self.precision,
-                             logits_processor=_finite_logits(self.node, iteration), merge=h.merge_for_generation)
+        return enc, generate_encoded(self.m.model, enc, config, self.precision,
+                                     logits_processor=_finite_logits(self.node, iteration), merge=h.merge_for_generation)
 
     @torch.no_grad()
     def rollout(self, iteration: int) -> Rollout:

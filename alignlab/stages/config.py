@@ -72,12 +72,22 @@ class RewardStageConfig(TrainerConfig):
 
     learning_rate: float = within(1e-4, gt=0)
     max_length: int = within(512, ge=1)
+    # Prompt token budget (None: none): a longer prompt keeps its end (the final user turn and the
+    # generation prompt) or its start, in every pair or only in pairs over max_length
+    # (alignlab.stages.prompts); responses are never cut by it.
+    max_prompt_length: Optional[int] = within(None, ge=1)
+    on_long_prompt: str = one_of("keep_end", "keep_end", "keep_start")
+    cut_prompts: str = one_of("always", "always", "over_max_length")
     center_rewards_coefficient: Optional[float] = within(None, ge=0)  # e.g. 0.01 keeps rewards centred on 0
     # After training, shift every score so the chosen replies of the first `normalize_rows` training
     # pairs (the reference set: demonstrations, as InstructGPT normalises) score 0 on average; 0: off.
     normalize_rows: int = within(0, ge=0)
     disable_dropout: bool = True
     score_batch_size: int = within(8, ge=1)  # batch size of held-out scoring (accuracy, margins)
+    # A batch element is a prompt with all its pairs (e.g. data ranked_pairs=all: every comparison of
+    # its ranked replies), each distinct response scored once and the loss averaged over the prompt's
+    # comparisons (InstructGPT); per_device_train_batch_size then counts prompts.
+    batch_by_prompt: bool = False
 
 
 @dataclass
@@ -90,6 +100,12 @@ class DPOStageConfig(TrainerConfig):
     loss_weights: Optional[List[float]] = None  # weights when several loss types are combined
     label_smoothing: float = within(0.0, ge=0, lt=0.5)  # conservative DPO / robust DPO noise rate
     max_length: int = within(512, ge=1)
+    # Prompt token budget (None: none): a longer prompt keeps its end (the final user turn and the
+    # generation prompt) or its start, in every pair or only in pairs over max_length
+    # (alignlab.stages.prompts); responses are never cut by it.
+    max_prompt_length: Optional[int] = within(None, ge=1)
+    on_long_prompt: str = one_of("keep_end", "keep_end", "keep_start")
+    cut_prompts: str = one_of("always", "always", "over_max_length")
     precompute_ref_log_probs: bool = False  # score the reference once up front instead of every step
     disable_dropout: bool = True
 
@@ -116,7 +132,10 @@ class PPOStageConfig:
     mini_batch_size: int = within(8, ge=1)  # samples per optimizer step
     gradient_accumulation_steps: int = within(1, ge=1)  # micro-batches per minibatch
     ppo_epochs: int = within(4, ge=1)  # passes over each rollout batch
-    max_prompt_length: int = within(256, ge=1)  # longer prompts are left out (counted in the log)
+    max_prompt_length: int = within(256, ge=1)  # prompt token budget of the rollouts
+    # A longer prompt is left out (counted in the log), keeps its end (the final user turn and the
+    # generation prompt) or keeps its start (alignlab.stages.prompts); the reward reads it whole.
+    on_long_prompt: str = one_of("drop", "drop", "keep_end", "keep_start")
     max_new_tokens: int = within(64, ge=1)
     temperature: float = within(0.7, gt=0)
     top_k: int = within(0, ge=0)  # 0 (off) only: PPO samples from the full softmax its log-probs assume

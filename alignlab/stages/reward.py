@@ -8,6 +8,7 @@ is saved with the adapter (`modules_to_save`) and reloads to identical scores.
 `normalize_rows` shifts the scores after training so a reference set (the chosen replies of the
 first training pairs) scores 0 on average; the shift is saved with the adapter (`reward_offset.json`)
 and every scorer of the artifact subtracts it.
+`batch_by_prompt` makes a batch element a prompt with all its comparisons (InstructGPT's batching).
 `RewardScorer` is the batched `score(prompt, response)` the PPO stage and the judge call.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ from alignlab.models import add_adapter, load_adapter, load_base, load_tokenizer
 from alignlab.rl.shared_model import chat_texts
 from alignlab.stages import trl_recipe
 from alignlab.stages.context import StageContext
+from alignlab.stages.prompts import PromptBudget, preference_ids
 
 MARGIN_PLOT = "reward_margins.png"
 OFFSET_FILE = "reward_offset.json"
@@ -105,20 +107,96 @@ def build_trainer(ctx: StageContext):
         center_rewards_coefficient=h.center_rewards_coefficient,
         disable_dropout=h.disable_dropout,
     )
+
+    def prepare(tokenizer, rows: Sequence[dict]) -> List[dict]:
+        pairs = tokenized_pairs(tokenizer, rows, h.max_length, PromptBudget.of(tokenizer, h, f"stage.{ctx.stage}"))
+        return by_prompt(rows, pairs) if h.batch_by_prompt else pairs
+
     # held-out pairs are scored once, by `evaluate` below, not by the trainer
-    return trl_recipe.trainer(ctx, RewardTrainer, model, args, held_out=False,
-                              prepare=functools.partial(tokenized_pairs, max_length=h.max_length))
+    if not h.batch_by_prompt:
+        return trl_recipe.trainer(ctx, RewardTrainer, model, args, held_out=False, prepare=prepare)
+    return trl_recipe.trainer(ctx, by_prompt_trainer(RewardTrainer), model, args, held_out=False, prepare=prepare)
 
 
-def tokenized_pairs(tokenizer, rows: Sequence[dict], max_length: int) -> List[dict]:
-    """Preference rows as the token ids trl's RewardTrainer would make of them, each side cut to
-    its last `max_length` tokens: trl drops longer pairs; alignlab truncates them (`on_too_long:
-    truncate`) keeping the response end, where the score is read, as RewardScorer does."""
-    def ids(messages: list) -> List[int]:
-        return tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"][-max_length:]
+def tokenized_pairs(tokenizer, rows: Sequence[dict], max_length: int, budget: PromptBudget) -> List[dict]:
+    """Preference rows as the token ids trl's RewardTrainer would make of them, the prompt cut to
+    the budget, each side cut to its last `max_length` tokens: trl drops longer pairs; alignlab
+    truncates them (`on_too_long: truncate`) keeping the response end, where the score is read, as
+    RewardScorer does."""
+    out = []
+    for row in rows:
+        ids = preference_ids(tokenizer, row, budget)
+        out.append({f"{side}_ids": (ids["prompt_ids"] + ids[f"{side}_ids"])[-max_length:] for side in ("chosen", "rejected")})
+    return out
 
-    return [{"chosen_ids": ids(r["prompt"] + r["chosen"]), "rejected_ids": ids(r["prompt"] + r["rejected"])}
-            for r in rows]
+
+def by_prompt(rows: Sequence[dict], pairs: Sequence[dict]) -> List[dict]:
+    """One element per prompt (in order of first appearance): the token ids of its distinct
+    (prompt + response) sequences and its comparisons as (winner, loser) indices into them."""
+    groups: Dict[str, dict] = {}
+    for row, pair in zip(rows, pairs):
+        group = groups.setdefault(json.dumps(row["prompt"], sort_keys=True), {"seqs": {}, "pairs": []})
+        index = [group["seqs"].setdefault(tuple(pair[f"{side}_ids"]), len(group["seqs"])) for side in ("chosen", "rejected")]
+        group["pairs"].append(index)
+    return [{"response_ids": [list(seq) for seq in g["seqs"]], "pairs": g["pairs"]} for g in groups.values()]
+
+
+def collate_by_prompt(elements: Sequence[dict], pad_token_id: int = 0) -> Dict[str, torch.Tensor]:
+    """A batch of whole prompts: every distinct sequence once (right-padded), each comparison as
+    indices into them, and the batch element (prompt) each comparison belongs to."""
+    from torch.nn.utils.rnn import pad_sequence
+
+    seqs, pairs, prompt = [], [], []
+    for i, element in enumerate(elements):
+        pairs += [[len(seqs) + w, len(seqs) + l] for w, l in element["pairs"]]
+        prompt += [i] * len(element["pairs"])
+        seqs += [torch.tensor(ids) for ids in element["response_ids"]]
+    return {"input_ids": pad_sequence(seqs, batch_first=True, padding_value=pad_token_id),
+            "attention_mask": pad_sequence([torch.ones_like(s) for s in seqs], batch_first=True),
+            "pairs": torch.tensor(pairs), "prompt": torch.tensor(prompt)}
+
+
+def prompt_batch_loss(rewards: torch.Tensor, pairs: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+    """InstructGPT's reward-model loss (Ouyang et al. 2022, Eq. 1): -log sigmoid(r_w - r_l) averaged
+    over each prompt's comparisons (the 1/C(K,2) factor), then over the prompts of the batch."""
+    terms = -torch.nn.functional.logsigmoid(rewards[pairs[:, 0]] - rewards[pairs[:, 1]])
+    count = int(prompt.max()) + 1
+    sums = torch.zeros(count, dtype=terms.dtype, device=terms.device).index_add(0, prompt, terms)
+    return (sums / torch.bincount(prompt, minlength=count)).mean()
+
+
+def by_prompt_trainer(reward_trainer_cls):
+    """trl's RewardTrainer (its optimizer, schedule, checkpoints and logging) with one batch element
+    per prompt. Written here because trl's collator and loss take exactly one (chosen, rejected)
+    pair per element, which scores a response once per comparison it is in."""
+
+    class ByPromptRewardTrainer(reward_trainer_cls):
+        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+            return dataset  # tokenized and grouped by `by_prompt`
+
+        def _set_signature_columns_if_needed(self):
+            self._signature_columns = ["response_ids", "pairs"]
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)  # sets the tokenizer's pad token
+            self.data_collator = functools.partial(collate_by_prompt, pad_token_id=self.processing_class.pad_token_id)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            pairs, prompt = inputs.pop("pairs"), inputs.pop("prompt")
+            outputs = model(**inputs, use_cache=False)
+            rewards = outputs.logits.squeeze(-1)
+            loss = prompt_batch_loss(rewards, pairs, prompt)
+            if self.args.center_rewards_coefficient is not None:
+                loss = loss + self.args.center_rewards_coefficient * torch.mean(rewards ** 2)
+            mode = "train" if self.model.training else "eval"
+            with torch.no_grad():
+                margins = rewards[pairs[:, 0]] - rewards[pairs[:, 1]]
+                self._metrics[mode]["accuracy"].append((margins > 0).float().mean().item())
+                self._metrics[mode]["margin"].append(margins.mean().item())
+                self._metrics[mode]["mean_reward"].append(rewards.mean().item())
+            return (loss, outputs) if return_outputs else loss
+
+    return ByPromptRewardTrainer
 
 
 def run(ctx: StageContext) -> Dict[str, float]:

@@ -105,25 +105,24 @@ def trainer(ctx: StageContext, trainer_cls, model, args, held_out: bool = True, 
 
 def fit_to_length(ctx: StageContext, tokenizer, rows: list, split: str) -> list:
     """Rows longer than `max_length` tokens (rendered through the chat template; a preference row
-    by its longer side; a prompt row, against `max_prompt_length`, with the generation prompt) are
-    counted in `ctx.too_long` and left to the trainer's truncation, dropped, or an error, as
-    `on_too_long` says."""
+    by its longer side, its prompt cut to the stage's prompt budget; a prompt row, against
+    `max_prompt_length`, with the generation prompt) are counted in `ctx.too_long` and left to the
+    trainer's truncation, dropped, or an error, as `on_too_long` says."""
     from alignlab.data import DataError
+    from alignlab.stages.prompts import PromptBudget, chat_ids, preference_ids
 
     h = ctx.hparams
     limit = "max_length" if "max_length" in h else "max_prompt_length"
     key = f"stage.{ctx.stage}.{limit}"
-
-    def tokens(messages: list, reply: bool = False) -> int:
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=reply)
-        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    budget = PromptBudget.of(tokenizer, h, f"stage.{ctx.stage}") if limit == "max_length" else None
 
     def length(row: dict) -> int:
         if "messages" in row:
-            return tokens(row["messages"])
+            return len(chat_ids(tokenizer, row["messages"]))
         if "chosen" not in row:
-            return tokens(row["prompt"], reply=True)
-        return max(tokens(row["prompt"] + row[side]) for side in ("chosen", "rejected"))
+            return len(chat_ids(tokenizer, row["prompt"], generation_prompt=True))
+        ids = preference_ids(tokenizer, row, budget)
+        return len(ids["prompt_ids"]) + max(len(ids["chosen_ids"]), len(ids["rejected_ids"]))
 
     lengths = [length(r) for r in rows]
     over = [i for i, n in enumerate(lengths) if n > h[limit]]
