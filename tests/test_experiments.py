@@ -15,6 +15,7 @@ import pytest
 from omegaconf import OmegaConf, open_dict
 
 from alignlab.provenance import OPERATIONAL, Deviation, covering, leaves, mini_problems, render_markdown, stale_deviations, undeclared_mismatches
+from alignlab.stages import REGISTRY
 from conftest import REPO, alignlab_env
 
 ALIGNLAB = str(Path(sys.executable).parent / "alignlab")
@@ -44,10 +45,9 @@ def test_paper_config_holds_its_sources_values_or_declares_why_not(compose, pape
     assert not unsourced, f"{paper}: set without a source or a deviation: {sorted(unsourced)}"
     # Full scale: hub model and hub datasets.
     assert not full.model.name_or_path.startswith("embedded:") and full.model.chat_template
-    used = {"sft": ["sft"], "reward": ["preference"], "dpo": ["preference"], "ppo": ["prompts"]}
-    for kind in {node.stage for node in full.pipeline.nodes.values()}:
-        for data in used[kind]:
-            assert full.data[data].source.startswith("hub:"), (paper, data)
+    for node in full.pipeline.nodes.values():
+        data = node.data or REGISTRY[node.stage].default_data
+        assert full.data[data].source.startswith("hub:"), (paper, data)
 
 
 @pytest.mark.parametrize("paper", PAPERS)
