@@ -11,7 +11,7 @@ import torch
 from alignlab.errors import ConfigError
 from alignlab.models import load_adapter, load_base
 from alignlab.preflight import preflight
-from alignlab.stages import kto, reference_free, sft
+from alignlab.stages import kto, pairs, reference_free, sft
 from alignlab.stages.context import Artifact
 from conftest import TINY_PREFERENCE, TINY_SFT, _stage_overrides
 
@@ -28,12 +28,12 @@ def sft_artifact(compose, stage_context):
 
 def test_kto_rows_from_pairs_alternate_desirable_and_undesirable_of_different_prompts():
     a, b = ([{"role": "user", "content": q}] for q in ("A?", "B?"))
-    pairs = [{"prompt": a, "chosen": [{"role": "assistant", "content": "a+"}], "rejected": [{"role": "assistant", "content": "a-"}]},
+    two = [{"prompt": a, "chosen": [{"role": "assistant", "content": "a+"}], "rejected": [{"role": "assistant", "content": "a-"}]},
              {"prompt": b, "chosen": [{"role": "assistant", "content": "b+"}], "rejected": [{"role": "assistant", "content": "b-"}]}]
-    rows = kto.unpaired(pairs, seed=0)  # random.Random(0).shuffle([0, 1]) keeps the order
+    rows = kto.unpaired(two, seed=0)  # random.Random(0).shuffle([0, 1]) keeps the order
     reply = [(r["prompt"][0]["content"], r["completion"][0]["content"], r["label"]) for r in rows]
     assert reply == [("A?", "a+", True), ("B?", "b-", False), ("A?", "a-", False), ("B?", "b+", True)]
-    assert [r["completion"][0]["content"] for r in kto.unpaired(pairs, seed=1)] == ["b+", "a-", "b-", "a+"]
+    assert [r["completion"][0]["content"] for r in kto.unpaired(two, seed=1)] == ["b+", "a-", "b-", "a+"]
 
 
 def _snapshot(model):
@@ -66,8 +66,9 @@ def test_kto_continues_sft_adapter_against_its_frozen_copy(compose, stage_contex
     trainer = kto.build_trainer(ctx)
     model = trainer.model
     assert trainer.ref_model is None and set(model.peft_config) == {"default", "ref"}
-    labels = trainer.train_dataset["label"]
-    assert len(labels) == 2 * len(ctx.data.train) and labels[:4] == [True, False, True, False]
+    labels, kept = trainer.train_dataset["label"], len(pairs.with_room_for_replies(ctx, trainer.processing_class, ctx.data.train))
+    assert 0 < kept < len(ctx.data.train)  # max_length 128: some prompts leave no room for a reply
+    assert labels == [i % 2 == 0 for i in range(kept)] + [i % 2 == 1 for i in range(kept)]
     before = _snapshot(model)
     for name, value in before.items():  # step 0: the reference is the upstream SFT policy, weight for weight
         if ".ref." in name:
@@ -88,6 +89,8 @@ def test_reference_free_stage_trains_without_a_reference(kind, compose, stage_co
     ctx = stage_context(cfg, kind, upstream=upstream)
     trainer = reference_free.build_trainer(ctx)
     assert set(trainer.model.peft_config) == {"default"} and not hasattr(trainer, "ref_model")
+    # pairs whose prompt fills max_length (128 here) are left out: their empty replies would average to NaN
+    assert len(trainer.train_dataset) == len(pairs.with_room_for_replies(ctx, trainer.processing_class, ctx.data.train))
     before = _snapshot(trainer.model)
     metrics = ctx.fit(trainer)  # what reference_free.run does after building the trainer
     assert metrics["train_steps"] == 3

@@ -10,6 +10,7 @@ import random
 from typing import Dict, List
 
 from alignlab.stages.context import StageContext
+from alignlab.stages.pairs import with_room_for_replies
 
 
 def unpaired(pairs: List[dict], seed: int) -> List[dict]:
@@ -50,7 +51,8 @@ def build_trainer(ctx: StageContext):
         precompute_ref_log_probs=h.precompute_ref_log_probs,
         disable_dropout=h.disable_dropout,
     )
-    return ctx.trainer(KTOTrainer, model, args, ref_model=None, prepare=lambda _tokenizer, rows: unpaired(rows, h.seed))
+    return ctx.trainer(KTOTrainer, model, args, ref_model=None,
+                       prepare=lambda tokenizer, rows: unpaired(with_room_for_replies(ctx, tokenizer, rows), h.seed))
 
 
 def run(ctx: StageContext) -> Dict[str, float]:

@@ -9,6 +9,7 @@ import warnings
 from typing import Dict
 
 from alignlab.stages.context import StageContext
+from alignlab.stages.pairs import with_room_for_replies
 
 
 def _trainer_and_fields(ctx: StageContext):
@@ -37,7 +38,7 @@ def build_trainer(ctx: StageContext):
     # remove_unused_columns=False: both trainers need their own tokenized columns (they would switch it off)
     args = ctx.trainer_args(config_cls, max_length=h.max_length, disable_dropout=h.disable_dropout,
                             remove_unused_columns=False, **fields)
-    return ctx.trainer(trainer_cls, model, args)
+    return ctx.trainer(trainer_cls, model, args, prepare=lambda tokenizer, rows: with_room_for_replies(ctx, tokenizer, rows))
 
 
 def run(ctx: StageContext) -> Dict[str, float]:
