@@ -27,9 +27,11 @@ def sft_artifact(compose, stage_context):
 
 
 def test_kto_rows_from_pairs_alternate_desirable_and_undesirable_of_different_prompts():
-    a, b = ([{"role": "user", "content": q}] for q in ("A?", "B?"))
-    two = [{"prompt": a, "chosen": [{"role": "assistant", "content": "a+"}], "rejected": [{"role": "assistant", "content": "a-"}]},
-             {"prompt": b, "chosen": [{"role": "assistant", "content": "b+"}], "rejected": [{"role": "assistant", "content": "b-"}]}]
+    def pair(prompt: str, good: str, bad: str) -> dict:
+        return {"prompt": [{"role": "user", "content": prompt}], "chosen": [{"role": "assistant", "content": good}],
+                "rejected": [{"role": "assistant", "content": bad}]}
+
+    two = [pair("A?", "a+", "a-"), pair("B?", "b+", "b-")]
     rows = kto.unpaired(two, seed=0)  # random.Random(0).shuffle([0, 1]) keeps the order
     reply = [(r["prompt"][0]["content"], r["completion"][0]["content"], r["label"]) for r in rows]
     assert reply == [("A?", "a+", True), ("B?", "b-", False), ("A?", "a-", False), ("B?", "b+", True)]
@@ -66,7 +68,8 @@ def test_kto_continues_sft_adapter_against_its_frozen_copy(compose, stage_contex
     trainer = kto.build_trainer(ctx)
     model = trainer.model
     assert trainer.ref_model is None and set(model.peft_config) == {"default", "ref"}
-    labels, kept = trainer.train_dataset["label"], len(pairs.with_room_for_replies(ctx, trainer.processing_class, ctx.data.train))
+    labels = trainer.train_dataset["label"]
+    kept = len(pairs.with_room_for_replies(ctx, trainer.processing_class, ctx.data.train))
     assert 0 < kept < len(ctx.data.train)  # max_length 128: some prompts leave no room for a reply
     assert labels == [i % 2 == 0 for i in range(kept)] + [i % 2 == 1 for i in range(kept)]
     before = _snapshot(model)

@@ -19,8 +19,8 @@ def unpaired(pairs: List[dict], seed: int) -> List[dict]:
 
     Written here rather than left to trl's `unpair_preference_dataset`: that puts every chosen row before
     every rejected one, and KTOTrainer reads rows in order (its KL estimate pairs each row with its batch
-    neighbour), so batches would hold one class only. Here, as in the paper's code (HALOs,
-    UnpairedPreferenceDataLoader), batches alternate desirable and undesirable rows of different prompts:
+    neighbour), so batches would hold one class only. Here, as the paper's first code release batched them
+    (HALOs@0594a02, UnpairedPreferenceDataLoader), desirable and undesirable rows of different prompts alternate:
     the pairs are shuffled by `seed`; the first half of the rows takes the chosen reply of every other
     pair and the rejected reply of the rest, the second half the other reply of each pair, in the same order.
     """

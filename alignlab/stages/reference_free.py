@@ -23,7 +23,6 @@ def _trainer_and_fields(ctx: StageContext):
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer
     if ctx.stage == "orpo":
         return ORPOTrainer, ORPOConfig, {"beta": h.beta}
-
     return CPOTrainer, CPOConfig, {"loss_type": "simpo", "beta": h.beta, "simpo_gamma": h.simpo_gamma,
                                    "cpo_alpha": h.cpo_alpha, "label_smoothing": h.label_smoothing}
 
@@ -38,7 +37,8 @@ def build_trainer(ctx: StageContext):
     # remove_unused_columns=False: both trainers need their own tokenized columns (they would switch it off)
     args = ctx.trainer_args(config_cls, max_length=h.max_length, disable_dropout=h.disable_dropout,
                             remove_unused_columns=False, **fields)
-    return ctx.trainer(trainer_cls, model, args, prepare=lambda tokenizer, rows: with_room_for_replies(ctx, tokenizer, rows))
+    return ctx.trainer(trainer_cls, model, args,
+                       prepare=lambda tokenizer, rows: with_room_for_replies(ctx, tokenizer, rows))
 
 
 def run(ctx: StageContext) -> Dict[str, float]:
