@@ -9,18 +9,13 @@ installed ones (`--stale`), and entries unused for `--older-than` days.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
 from alignlab.data.cli import human_size
-
-COMPLETE = "COMPLETE"
+from alignlab.node_store import CacheEntryError, Entry, NodeStore, in_use, library_versions
 
 
 def default_cache_dir() -> Path:
@@ -28,66 +23,11 @@ def default_cache_dir() -> Path:
     return Path(base) / "stages"
 
 
-@dataclass
-class Entry:
-    path: Path
-    stage: str
-    node: Optional[str]  # the node name that produced it (None: unfinished)
-    complete: bool
-    size: int  # bytes
-    last_used: float  # epoch seconds
-    config: dict  # config.json: the key's inputs
-
-    @property
-    def age_days(self) -> float:
-        return (time.time() - self.last_used) / 86400
-
-
-def _size(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
-def _json(path: Path) -> dict:
-    """A JSON file of an entry ({} when absent); a damaged one is an error naming it."""
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as err:
-        raise SystemExit(f"alignlab cache: error: {path} is not valid JSON ({err}); remove the entry "
-                         f"{path.parent} by hand or move it aside")
-
-
-def entries(cache_dir: Path) -> List[Entry]:
-    out = []
-    for path in sorted(p for p in cache_dir.iterdir() if p.is_dir()) if cache_dir.is_dir() else []:
-        marker = path / COMPLETE
-        complete = marker.is_file()
-        out.append(Entry(path=path, stage=path.name.split("-", 1)[0], node=_json(marker).get("node") if complete else None,
-                         complete=complete, size=_size(path), last_used=(marker if complete else path).stat().st_mtime,
-                         config=_json(path / "config.json")))
-    return out
-
-
-def _locked(path: Path) -> bool:
-    """A node is training in this partial directory right now (its lock is held)."""
-    from filelock import FileLock, Timeout
-
-    lock = str(path).removesuffix(".partial") + ".lock"
-    try:
-        with FileLock(lock, timeout=0):
-            return False
-    except Timeout:
-        return True
-
-
 def removable(entry: Entry, stale: bool, older_than: Optional[float]) -> Optional[str]:
     """Why `gc` removes this entry, or None."""
     if not entry.complete:
-        return None if _locked(entry.path) else "unfinished"
+        return None if in_use(entry.path) else "unfinished"
     if stale:
-        from alignlab.pipeline import library_versions
-
         recorded = entry.config.get("libraries")
         if recorded != library_versions():
             return f"keyed on other library versions ({recorded or 'not recorded'})"
@@ -108,7 +48,11 @@ def main(argv: List[str]) -> int:
     gc.add_argument("--older-than", type=float, metavar="DAYS", help="also entries unused for this many days")
     gc.add_argument("--dry-run", action="store_true", help="print what would be removed")
     args = parser.parse_args(argv)
-    found = entries(args.dir)
+    store = NodeStore(args.dir)
+    try:
+        found = store.entries()
+    except CacheEntryError as err:
+        raise SystemExit(f"alignlab cache: error: {err}") from None
     if args.command == "list":
         for e in found:
             c = e.config
@@ -124,8 +68,7 @@ def main(argv: List[str]) -> int:
         if why:
             print(f"{'would remove' if args.dry_run else 'removing'} {e.path.name}: {why}")
             if not args.dry_run:
-                shutil.rmtree(e.path)
-                Path(str(e.path).removesuffix(".partial") + ".lock").unlink(missing_ok=True)
+                store.remove(e.path)
             freed += e.size
     print(f"{'would free' if args.dry_run else 'freed'} {human_size(freed)}")
     return 0

@@ -1,30 +1,22 @@
-"""Declarative pipeline: order the nodes, reuse finished ones from the content-addressed cache,
-run the rest, and write summary.json.
-
-A node's key hashes its resolved stage config, the model/quant/peft groups, its data fingerprint
-and its upstream keys. A node trains inside `<cache>/<stage>-<key>.partial/` (resuming from the
-newest checkpoint there) and is published by an atomic rename to `<cache>/<stage>-<key>/`, which
-also holds the COMPLETE marker: a directory without it is never reused.
+"""Declarative pipeline: order the nodes, take finished ones from the stage cache (`NodeStore`),
+run the rest, evaluate and judge the generative ones, and write summary.json and the report.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import shutil
 import time
-from contextlib import nullcontext
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
 from accelerate import PartialState
-from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
 from alignlab.data.store import data_home as resolve_data_home
+from alignlab.node_store import NodeStore, library_versions, node_key
 from alignlab.preflight import Checked, preflight
 from alignlab.provenance import paper_section
 from alignlab.ranks import MainProcessSignal
@@ -32,66 +24,10 @@ from alignlab.eval.checks import ForgettingChecks
 from alignlab.eval.judge.runner import JudgeChecks
 from alignlab.report import write_report
 from alignlab.stages import BASE, UPSTREAM_ROLES, generative, spec, stage_module
-from alignlab.models import torch_dtype
-from alignlab.stages.context import Artifact, StageContext, load_inference, mixed_precision
+from alignlab.stages.context import Artifact, StageContext, load_inference
 from alignlab.tracking import NodeTracker, log_comparison, redact
 
 log = logging.getLogger("alignlab.pipeline")
-
-CACHE_VERSION = 1
-COMPLETE = "COMPLETE"
-
-
-# Settings that cannot change a node's weights stay out of its key.
-NOT_IN_KEY = {"logging_steps", "save_steps", "eval_steps", "per_device_eval_batch_size", "score_batch_size",
-              "collapse_patience", "collapse_tolerance"}
-# Libraries whose upgrade may change what a recipe trains: their versions are part of every key.
-KEY_LIBRARIES = ("alignlab", "torch", "transformers", "peft", "trl")
-
-
-def library_versions() -> Dict[str, str]:
-    from importlib.metadata import version
-
-    return {name: version(name) for name in KEY_LIBRARIES}
-
-
-def node_key(cfg: DictConfig, kind: str, hparams: DictConfig, data_fingerprint: str,
-             upstream: Dict[str, Artifact]) -> str:
-    """SHA-256 of everything that determines the node's weights, with `auto` settings resolved:
-    its settings, model, data, upstream keys, the recipe's version and the libraries' versions."""
-    settings = {k: v for k, v in OmegaConf.to_container(hparams, resolve=True).items() if k not in NOT_IN_KEY}
-    if "mixed_precision" in settings:
-        settings["mixed_precision"] = mixed_precision(settings["mixed_precision"])
-    model = OmegaConf.to_container(cfg.model, resolve=True)
-    model["dtype"] = str(torch_dtype(cfg.model))
-    model.pop("device_map")
-    payload = {
-        "version": CACHE_VERSION,
-        "stage": kind,
-        "recipe_version": spec(kind).version,
-        "libraries": library_versions(),
-        "hparams": settings,
-        "model": model,
-        "quant": OmegaConf.to_container(cfg.quant, resolve=True),
-        "peft": OmegaConf.to_container(cfg.peft, resolve=True),
-        "data": data_fingerprint,
-        "upstream": {role: art.key for role, art in sorted(upstream.items())},
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
-def cache_entry(cache_dir: Path, stage: str, key: str) -> Path:
-    """Where a node with this key is published."""
-    return cache_dir / f"{stage}-{key[:16]}"
-
-
-def is_complete(path: Path) -> bool:
-    return (path / COMPLETE).is_file()
-
-
-def _read_artifact(name: str, stage: str, key: str, path: Path) -> Artifact:
-    marker = json.loads((path / COMPLETE).read_text())
-    return Artifact(node=name, stage=stage, key=key, path=path, metrics=marker.get("metrics", {}))
 
 
 class Pipeline:
@@ -119,6 +55,7 @@ class Pipeline:
         self.main = self.state.is_main_process
         # Several processes: the others wait for the main one's evaluations without a collective.
         self.signal = MainProcessSignal(self.state, self.cache_dir) if self.state.num_processes > 1 else None
+        self.store = NodeStore(self.cache_dir, self.state)
         self.forgetting: Optional[ForgettingChecks] = None
         self.judging: Optional[JudgeChecks] = None
 
@@ -205,7 +142,6 @@ class Pipeline:
 
     def _run_node(self, name: str, artifacts: Dict[str, Artifact]) -> Artifact:
         node = self.cfg.pipeline.nodes[name]
-        module = stage_module(node.stage)
         data, data_name = self.checked.data[name], self.checked.data_names[name]
         upstream = {role: artifacts[node[role]] for role in UPSTREAM_ROLES if node.get(role) is not None}
         key = node_key(self.cfg, node.stage, self.checked.hparams[name], data.fingerprint, upstream)
@@ -216,37 +152,27 @@ class Pipeline:
             "data": {"name": data_name, **data.report, "overlap": self.checked.overlap[name]},
         }
         self.summary["nodes"][name] = entry
-        final = cache_entry(self.cache_dir, node.stage, key)
         start = time.time()
         if self.signal is not None:
             self.signal.reached(f"node-{name}")  # the main process is done evaluating the nodes before
-        with FileLock(str(final) + ".lock") if self.main else nullcontext():
-            self.state.wait_for_everyone()
-            if is_complete(final):
+        with self.store.claim(self.store.entry(node.stage, key)) as final:
+            art = self.store.cached(name, node.stage, key, final)
+            if art is not None:
                 log.info("node %s: cache hit %s", name, final)
-                if self.main:
-                    os.utime(final / COMPLETE)  # last use, for `alignlab cache gc --older-than`
-                art = _read_artifact(name, node.stage, key, final)
                 entry.update(status="cached", artifact=str(final), metrics=art.metrics)
                 return art
             entry["status"] = "running"
             self._write_summary()
             try:
-                metrics = self._train(name, node, module, data, upstream, key, final)
+                metrics = self._train(name, node, data, upstream, key, final)
             except BaseException as err:
                 entry.update(status="failed", error=f"{type(err).__name__}: {err}", seconds=time.time() - start)
                 raise
         entry.update(status="trained", artifact=str(final), metrics=metrics, seconds=round(time.time() - start, 2))
         return Artifact(node=name, stage=node.stage, key=key, path=final, metrics=metrics)
 
-    def _train(self, name, node, module, data, upstream, key, final: Path) -> Dict[str, Any]:
-        work = final.with_name(final.name + ".partial")
-        resumed = work.is_dir()
-        if self.main:
-            if final.exists():  # a directory without its COMPLETE marker: never reused
-                shutil.rmtree(final)
-            work.mkdir(parents=True, exist_ok=True)
-        self.state.wait_for_everyone()
+    def _train(self, name, node, data, upstream, key, final) -> Dict[str, Any]:
+        """Run the node's recipe in the entry's partial directory (resuming there) and publish it."""
         node_cfg = {
             "node": name,
             "key": key,
@@ -260,25 +186,19 @@ class Pipeline:
             "data": OmegaConf.to_container(self.cfg.data[self.checked.data_names[name]], resolve=True),
             "upstream": {role: {"node": a.node, "key": a.key, "path": str(a.path)} for role, a in upstream.items()},
         }
-        if self.main:
-            (work / "config.json").write_text(json.dumps(redact(node_cfg), indent=2))
+        work, resumed = self.store.open(final, redact(node_cfg))
         logger = self.cfg.logger if self.main else OmegaConf.merge(self.cfg.logger, {"backend": "none"})
         tracker = NodeTracker(logger, self.cfg.name, name, node.stage, node_cfg, self.run_dir, work / "metrics.jsonl")
         log.info("node %s: %s %s", name, "resuming in" if resumed else "training in", work)
         ok = False
         try:
             ctx = StageContext(name, node.stage, self.checked.hparams[name], self.cfg, data, upstream, work, tracker)
-            metrics = module.run(ctx)
+            metrics = stage_module(node.stage).run(ctx)
             tracker.summary(metrics)
             ok = True
         finally:
             tracker.finish(ok)
-        self.state.wait_for_everyone()
-        if self.main:
-            shutil.rmtree(work / "checkpoints", ignore_errors=True)
-            (work / COMPLETE).write_text(json.dumps({"key": key, "node": name, "metrics": metrics}, indent=2, default=str))
-            os.replace(work, final)
-        self.state.wait_for_everyone()
+        self.store.publish(work, final, name, key, metrics)
         return metrics
 
 

@@ -338,19 +338,20 @@ def preflight(cfg: DictConfig) -> Checked:
 
 def describe_plan(cfg: DictConfig, checked: Checked) -> str:
     """The dry run's plan: each node's key, cached or to train, data and upstreams; evaluations; judging."""
-    from alignlab.pipeline import cache_entry, is_complete, node_key
+    from alignlab.node_store import NodeStore, node_key
     from alignlab.stages.context import Artifact
 
     cache = Path(cfg.paths.cache_dir).expanduser()
+    store = NodeStore(cache)
     lines, artifacts = [f"plan of '{cfg.name}' (stage cache {cache}):"], {}
     for i, name in enumerate(checked.order, 1):
         node, data = cfg.pipeline.nodes[name], checked.data[name]
         upstream = {role: artifacts[node[role]] for role in UPSTREAM_ROLES if node.get(role) is not None}
         key = node_key(cfg, node.stage, checked.hparams[name], data.fingerprint, upstream)
-        path = cache_entry(cache, node.stage, key)
+        path = store.entry(node.stage, key)
         artifacts[name] = Artifact(node=name, stage=node.stage, key=key, path=path)
         ups = ", ".join(f"{role}={art.node}" for role, art in upstream.items()) or "base model"
-        lines.append(f"  {i}. {name} ({node.stage}) key {key[:16]}: {'cached' if is_complete(path) else 'to train'}; "
+        lines.append(f"  {i}. {name} ({node.stage}) key {key[:16]}: {'cached' if store.is_complete(path) else 'to train'}; "
                      f"from {ups}; data.{checked.data_names[name]} {data.report['train']} train / "
                      f"{data.report['eval']} eval rows"
                      + (f"; {checked.overlap[name]} held-out prompt(s) trained upstream" if checked.overlap[name] else ""))

@@ -2,7 +2,7 @@
 data and model, forgetting checks, judge and W&B off) in one process; the baseline
 (scripts/bench/trl_bare.py) runs the same two trainings written directly against trl, peft and
 transformers in one process, on the exact rows alignlab trained on and with the trainer
-arguments alignlab passes (alignlab.stages.context.trainer_fields: learning rate, steps, batch,
+arguments alignlab passes (alignlab.stages.trl_recipe.trainer_fields: learning rate, steps, batch,
 lengths, bf16 autocast, seeds; the same LoRA).
 Both train, evaluate on the held-out rows and save. Writes results/bench_overhead.json with the
 wall times and their ratio (goal <= 1.05) and each side's per-stage seconds.
@@ -49,7 +49,7 @@ def prepare(cfg, rows_dir: Path) -> dict:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     from omegaconf import OmegaConf
 
-    from alignlab.stages.context import trainer_fields
+    from alignlab.stages.trl_recipe import trainer_fields
 
     s, d, peft = cfg.stage.sft, cfg.stage.dpo, cfg.peft
     fields = {kind: trainer_fields(OmegaConf.to_container(cfg.stage[kind], resolve=True), True) for kind in ("sft", "dpo")}

@@ -16,7 +16,8 @@ import torch
 from safetensors.torch import load_file
 
 from alignlab.errors import TrainingDivergedError
-from alignlab.pipeline import COMPLETE, run
+from alignlab.node_store import COMPLETE
+from alignlab.pipeline import run
 from conftest import TINY_PREFERENCE, TINY_SFT, alignlab_env
 
 ALIGNLAB = str(Path(sys.executable).parent / "alignlab")

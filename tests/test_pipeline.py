@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from alignlab.eval import ForgettingGateError
-from alignlab.pipeline import COMPLETE, run
+from alignlab.node_store import COMPLETE
+from alignlab.pipeline import run
 from conftest import TINY_SFT
 
 

@@ -48,15 +48,15 @@ def test_node_settings_are_checked_against_the_stage_schema(compose):
 
 
 def test_library_versions_are_part_of_the_key(compose, monkeypatch):
-    from alignlab import pipeline
+    from alignlab import node_store
     from alignlab.preflight import preflight
 
     cfg = compose(*TINY_SFT)
     checked = preflight(cfg)
-    key = pipeline.node_key(cfg, "sft", checked.hparams["sft"], "data", {})
-    installed = pipeline.library_versions()
-    monkeypatch.setattr(pipeline, "library_versions", lambda: {**installed, "trl": "999.0"})
-    assert pipeline.node_key(cfg, "sft", checked.hparams["sft"], "data", {}) != key
+    key = node_store.node_key(cfg, "sft", checked.hparams["sft"], "data", {})
+    installed = node_store.library_versions()
+    monkeypatch.setattr(node_store, "library_versions", lambda: {**installed, "trl": "999.0"})
+    assert node_store.node_key(cfg, "sft", checked.hparams["sft"], "data", {}) != key
 
 
 # --- a method registered by this module alone -----------------------------------------------------

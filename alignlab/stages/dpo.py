@@ -12,6 +12,7 @@ from typing import Dict
 
 from omegaconf import OmegaConf
 
+from alignlab.stages import trl_recipe
 from alignlab.stages.context import StageContext
 
 
@@ -21,8 +22,9 @@ def build_trainer(ctx: StageContext):
 
     h = ctx.hparams
     set_seed(h.seed)
-    model = ctx.policy_model("policy")
-    args = ctx.trainer_args(
+    model = trl_recipe.policy_model(ctx, "policy")
+    args = trl_recipe.trainer_args(
+        ctx,
         DPOConfig,
         beta=h.beta,
         loss_type=list(h.loss_type),
@@ -32,9 +34,9 @@ def build_trainer(ctx: StageContext):
         precompute_ref_log_probs=h.precompute_ref_log_probs,
         disable_dropout=h.disable_dropout,
     )
-    return ctx.trainer(DPOTrainer, model, args, ref_model=None)
+    return trl_recipe.trainer(ctx, DPOTrainer, model, args, ref_model=None)
 
 
 def run(ctx: StageContext) -> Dict[str, float]:
     # The frozen "ref" copy only serves training: the artifact keeps the policy adapter alone.
-    return ctx.fit(build_trainer(ctx), drop_adapters=("ref",))
+    return trl_recipe.fit(ctx, build_trainer(ctx), drop_adapters=("ref",))

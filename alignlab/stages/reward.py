@@ -20,6 +20,7 @@ from typing import Dict, List, Sequence
 import torch
 
 from alignlab.models import add_adapter, load_adapter, load_base, load_tokenizer
+from alignlab.stages import trl_recipe
 from alignlab.stages.context import StageContext
 
 MARGIN_PLOT = "reward_margins.png"
@@ -98,7 +99,8 @@ def build_trainer(ctx: StageContext):
         gradient_checkpointing=h.gradient_checkpointing,
         init_from=init.adapter_dir if init is not None else None,
     )
-    args = ctx.trainer_args(
+    args = trl_recipe.trainer_args(
+        ctx,
         RewardConfig,
         held_out=False,
         max_length=h.max_length,
@@ -106,8 +108,8 @@ def build_trainer(ctx: StageContext):
         disable_dropout=h.disable_dropout,
     )
     # held-out pairs are scored once, by `evaluate` below, not by the trainer
-    return ctx.trainer(RewardTrainer, model, args, held_out=False,
-                       prepare=functools.partial(tokenized_pairs, max_length=h.max_length))
+    return trl_recipe.trainer(ctx, RewardTrainer, model, args, held_out=False,
+                              prepare=functools.partial(tokenized_pairs, max_length=h.max_length))
 
 
 def tokenized_pairs(tokenizer, rows: Sequence[dict], max_length: int) -> List[dict]:
@@ -123,7 +125,7 @@ def tokenized_pairs(tokenizer, rows: Sequence[dict], max_length: int) -> List[di
 
 def run(ctx: StageContext) -> Dict[str, float]:
     trainer = build_trainer(ctx)
-    metrics = ctx.fit(trainer)
+    metrics = trl_recipe.fit(ctx, trainer)
     h = ctx.hparams
     scorer = RewardScorer(plain_model(trainer), trainer.processing_class, h.max_length, h.score_batch_size)
     if h.normalize_rows:

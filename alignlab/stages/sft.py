@@ -10,6 +10,7 @@ import math
 from typing import Dict
 
 from alignlab.models import load_base
+from alignlab.stages import trl_recipe
 from alignlab.stages.context import StageContext
 
 
@@ -20,9 +21,10 @@ def build_trainer(ctx: StageContext):
 
     h = ctx.hparams
     set_seed(h.seed)
-    model = ctx.policy_model("init")
+    model = trl_recipe.policy_model(ctx, "init")
 
-    args = ctx.trainer_args(
+    args = trl_recipe.trainer_args(
+        ctx,
         SFTConfig,
         max_length=h.max_length,
         assistant_only_loss=h.loss_scope == "assistant",
@@ -31,7 +33,7 @@ def build_trainer(ctx: StageContext):
         dataset_num_proc=None,
     )
     prepare = _prompt_completion if h.loss_scope == "completion" else None
-    return ctx.trainer(SFTTrainer, model, args, token_loss=True, prepare=prepare)
+    return trl_recipe.trainer(ctx, SFTTrainer, model, args, token_loss=True, prepare=prepare)
 
 
 def _prompt_completion(tokenizer, rows: list) -> list:
@@ -41,7 +43,7 @@ def _prompt_completion(tokenizer, rows: list) -> list:
 
 def run(ctx: StageContext) -> Dict[str, float]:
     trainer = build_trainer(ctx)
-    metrics = ctx.fit(trainer)
+    metrics = trl_recipe.fit(ctx, trainer)
     if "eval_loss" in metrics:
         metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50.0))
     if ctx.hparams.merge_export and ctx.cfg.peft.method != "none":
