@@ -11,7 +11,7 @@ import torch
 from alignlab.errors import ConfigError
 from alignlab.models import load_adapter, load_base
 from alignlab.preflight import preflight
-from alignlab.stages import kto, pairs, reference_free, sft
+from alignlab.stages import kto, pairs, reference_free, sft, trl_recipe
 from alignlab.stages.context import Artifact
 from conftest import TINY_PREFERENCE, TINY_SFT, _stage_overrides
 
@@ -76,7 +76,7 @@ def test_kto_continues_sft_adapter_against_its_frozen_copy(compose, stage_contex
     for name, value in before.items():  # step 0: the reference is the upstream SFT policy, weight for weight
         if ".ref." in name:
             assert torch.equal(value, before[name.replace(".ref.", ".default.")]), name
-    metrics = ctx.fit(trainer, drop_adapters=("ref",))
+    metrics = trl_recipe.fit(ctx, trainer, drop_adapters=("ref",))
     assert metrics["train_steps"] == 3
     for key in ("eval_rewards/chosen", "eval_rewards/rejected", "eval_rewards/margins", "eval_kl"):
         assert math.isfinite(metrics[key]), key
@@ -95,7 +95,7 @@ def test_reference_free_stage_trains_without_a_reference(kind, compose, stage_co
     # pairs whose prompt fills max_length (128 here) are left out: their empty replies would average to NaN
     assert len(trainer.train_dataset) == len(pairs.with_room_for_replies(ctx, trainer.processing_class, ctx.data.train))
     before = _snapshot(trainer.model)
-    metrics = ctx.fit(trainer)  # what reference_free.run does after building the trainer
+    metrics = trl_recipe.fit(ctx, trainer)  # what reference_free.run does after building the trainer
     assert metrics["train_steps"] == 3
     for key in ("eval_rewards/accuracies", "eval_rewards/margins", "eval_logps/chosen"):
         assert math.isfinite(metrics[key]), key

@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 from typing import Dict, List
 
+from alignlab.stages import trl_recipe
 from alignlab.stages.context import StageContext
 from alignlab.stages.pairs import with_room_for_replies
 
@@ -40,8 +41,9 @@ def build_trainer(ctx: StageContext):
 
     h = ctx.hparams
     set_seed(h.seed)
-    model = ctx.policy_model("policy")
-    args = ctx.trainer_args(
+    model = trl_recipe.policy_model(ctx, "policy")
+    args = trl_recipe.trainer_args(
+        ctx,
         KTOConfig,
         beta=h.beta,
         desirable_weight=h.desirable_weight,
@@ -51,10 +53,10 @@ def build_trainer(ctx: StageContext):
         precompute_ref_log_probs=h.precompute_ref_log_probs,
         disable_dropout=h.disable_dropout,
     )
-    return ctx.trainer(KTOTrainer, model, args, ref_model=None,
+    return trl_recipe.trainer(ctx, KTOTrainer, model, args, ref_model=None,
                        prepare=lambda tokenizer, rows: unpaired(with_room_for_replies(ctx, tokenizer, rows), h.seed))
 
 
 def run(ctx: StageContext) -> Dict[str, float]:
     # The frozen "ref" copy only serves training: the artifact keeps the policy adapter alone.
-    return ctx.fit(build_trainer(ctx), drop_adapters=("ref",))
+    return trl_recipe.fit(ctx, build_trainer(ctx), drop_adapters=("ref",))

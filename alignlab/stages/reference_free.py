@@ -8,6 +8,7 @@ from __future__ import annotations
 import warnings
 from typing import Dict
 
+from alignlab.stages import trl_recipe
 from alignlab.stages.context import StageContext
 from alignlab.stages.pairs import with_room_for_replies
 
@@ -33,13 +34,13 @@ def build_trainer(ctx: StageContext):
     h = ctx.hparams
     set_seed(h.seed)
     trainer_cls, config_cls, fields = _trainer_and_fields(ctx)
-    model = ctx.policy_model("policy")
+    model = trl_recipe.policy_model(ctx, "policy")
     # remove_unused_columns=False: both trainers need their own tokenized columns (they would switch it off)
-    args = ctx.trainer_args(config_cls, max_length=h.max_length, disable_dropout=h.disable_dropout,
+    args = trl_recipe.trainer_args(ctx, config_cls, max_length=h.max_length, disable_dropout=h.disable_dropout,
                             remove_unused_columns=False, **fields)
-    return ctx.trainer(trainer_cls, model, args,
+    return trl_recipe.trainer(ctx, trainer_cls, model, args,
                        prepare=lambda tokenizer, rows: with_room_for_replies(ctx, tokenizer, rows))
 
 
 def run(ctx: StageContext) -> Dict[str, float]:
-    return ctx.fit(build_trainer(ctx))
+    return trl_recipe.fit(ctx, build_trainer(ctx))
