@@ -15,6 +15,7 @@ import pytest
 from omegaconf import OmegaConf, open_dict
 
 from alignlab.provenance import OPERATIONAL, Deviation, covering, leaves, mini_problems, render_markdown, stale_deviations, undeclared_mismatches
+from alignlab.stages import REGISTRY
 from conftest import REPO, alignlab_env
 
 ALIGNLAB = str(Path(sys.executable).parent / "alignlab")
@@ -45,11 +46,9 @@ def test_paper_config_holds_its_sources_values_or_declares_why_not(compose, pape
     # Full scale: hub model and hub datasets.
     assert not full.model.name_or_path.startswith("embedded:")
     assert full.model.chat_template or full.model.name_or_path.endswith("-instruct")  # instruct models ship theirs
-    used = {"sft": ["sft"], "reward": ["preference"], "dpo": ["preference"], "ppo": ["prompts"], "grpo": ["prompts"],
-            "rloo": ["prompts"]}
-    for kind in {node.stage for node in full.pipeline.nodes.values()}:
-        for data in used[kind]:
-            assert full.data[data].source.startswith("hub:"), (paper, data)
+    for node in full.pipeline.nodes.values():
+        data = node.data or REGISTRY[node.stage].default_data
+        assert full.data[data].source.startswith("hub:"), (paper, data)
 
 
 @pytest.mark.parametrize("paper", PAPERS)

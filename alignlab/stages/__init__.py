@@ -119,3 +119,18 @@ def rivals(kinds: Mapping[str, str]) -> List[Tuple[str, str]]:
     """Pairs of nodes (by name -> kind) of two different rival kinds, in node order."""
     names = [n for n, k in kinds.items() if k in REGISTRY and REGISTRY[k].rival]
     return [(a, b) for i, a in enumerate(names) for b in names[i + 1:] if kinds[a] != kinds[b]]
+register(StageSpec(
+    kind="kto", recipe="alignlab.stages.kto", config=stage_config.KTOStageConfig, data_kind="preference",
+    default_data="preference", upstream={"policy": ("sft",)}, generative=True, rival=True,
+    headline=("eval_rewards/margins", "eval_kl"),
+    curves=("loss", "eval_loss", "rewards/margins", "kl"), check=stage_config.kto_problems))
+register(StageSpec(
+    kind="orpo", recipe="alignlab.stages.reference_free", config=stage_config.ORPOStageConfig,
+    data_kind="preference", default_data="preference", upstream={"policy": ("sft",)}, generative=True, rival=True,
+    headline=("eval_rewards/accuracies", "eval_rewards/margins", "eval_log_odds_ratio"),
+    curves=("loss", "eval_loss", "rewards/accuracies", "log_odds_ratio", "nll_loss")))
+register(StageSpec(
+    kind="simpo", recipe="alignlab.stages.reference_free", config=stage_config.SimPOStageConfig,
+    data_kind="preference", default_data="preference", upstream={"policy": ("sft",)}, generative=True, rival=True,
+    headline=("eval_rewards/accuracies", "eval_rewards/margins"),
+    curves=("loss", "eval_loss", "rewards/accuracies", "rewards/margins")))

@@ -333,3 +333,77 @@ def online_rl_problems(cfg, name: str, h, checked) -> List[str]:
                         f"{checked.data_names[name]}, fewer than the {batch // h.num_generations} of one "
                         "generation batch")
     return problems
+
+
+# --- reference-free and unpaired preference losses (KTO, ORPO, SimPO) -----------------------------
+
+KTO_LOSSES = ("kto", "apo_zero_unpaired")  # trl 1.16 KTOConfig.loss_type choices
+# KTO's guidance on class weights (Ethayarajh et al. 2024, Eq. 8): desirable_weight x n_desirable /
+# (undesirable_weight x n_undesirable) in [1, 4/3].
+KTO_WEIGHT_RATIO = (1.0, 4 / 3)
+
+
+@dataclass
+class KTOStageConfig(TrainerConfig):
+    """Kahneman-Tversky optimisation (trl KTOTrainer) on unpaired rows derived from preference pairs:
+    chosen -> desirable, rejected -> undesirable; the reference is the frozen starting adapter."""
+
+    learning_rate: float = within(5e-5, gt=0)
+    beta: float = within(0.1, gt=0)
+    desirable_weight: float = within(1.0, gt=0)  # lambda_D
+    undesirable_weight: float = within(1.0, gt=0)  # lambda_U
+    loss_type: str = one_of("kto", *KTO_LOSSES)
+    max_length: int = within(512, ge=1)
+    precompute_ref_log_probs: bool = False
+    disable_dropout: bool = True
+
+
+@dataclass
+class ORPOStageConfig(TrainerConfig):
+    """Odds-ratio preference optimisation (trl.experimental ORPOTrainer): SFT loss on the chosen reply
+    plus beta (the paper's lambda) x the log odds-ratio loss; no reference model."""
+
+    learning_rate: float = within(5e-5, gt=0)
+    beta: float = within(0.1, gt=0)  # lambda in Hong et al. 2024
+    max_length: int = within(512, ge=1)
+    disable_dropout: bool = True
+
+
+@dataclass
+class SimPOStageConfig(TrainerConfig):
+    """Simple preference optimisation (trl.experimental CPOTrainer, loss_type simpo): length-normalised
+    log-likelihood margins against the target margin simpo_gamma; no reference model."""
+
+    learning_rate: float = within(5e-5, gt=0)
+    beta: float = within(2.0, gt=0)
+    simpo_gamma: float = within(1.0, ge=0)  # target reward margin (gamma; Meng et al. tune gamma / beta)
+    cpo_alpha: float = within(0.0, ge=0)  # weight of an NLL term on the chosen reply (CPO-SimPO); 0: SimPO
+    label_smoothing: float = within(0.0, ge=0, lt=0.5)
+    max_length: int = within(512, ge=1)
+    disable_dropout: bool = True
+
+
+def _setting(cfg, name: str, key: str) -> str:
+    """Where a node's setting is written: its own hparams or the stage block."""
+    return (f"pipeline.nodes.{name}.hparams.{key}" if key in cfg.pipeline.nodes[name].hparams
+            else f"stage.{cfg.pipeline.nodes[name].stage}.{key}")
+
+
+def kto_problems(cfg, name: str, h, checked) -> List[str]:
+    """Preflight of a KTO node: the KL reference point needs two rows per batch; class weights outside
+    the paper's range are logged as a warning (a deliberate choice stays possible)."""
+    import logging
+
+    problems = []
+    if h.loss_type == "kto" and h.per_device_train_batch_size < 2:
+        problems.append(f"{_setting(cfg, name, 'per_device_train_batch_size')}: {h.per_device_train_batch_size}; "
+                        "KTO estimates its KL reference point from the other rows of a batch, so it needs >= 2")
+    # Rows derived from pairs are balanced (as many desirable as undesirable), so the ratio is the weights'.
+    ratio = h.desirable_weight / h.undesirable_weight
+    low, high = KTO_WEIGHT_RATIO
+    if not low <= ratio <= high:
+        logging.getLogger("alignlab.preflight").warning(
+            "node %s: %s / %s = %.3g is outside [1, 4/3], the range Ethayarajh et al. 2024 (Eq. 8) recommend for "
+            "desirable_weight x n_desirable / (undesirable_weight x n_undesirable) on balanced data",
+            name, _setting(cfg, name, "desirable_weight"), _setting(cfg, name, "undesirable_weight"), ratio)
+    return problems
