@@ -49,15 +49,28 @@ def merged_adapter(model, enabled: bool = True):
     bases = [layer.get_base_layer() for layer in _active_lora_layers(model)]
     originals = [(base.weight.data, base.bias.data if getattr(base, "bias", None) is not None else None)
                  for base in bases]
-    try:
-        model.merge_adapter(safe_merge=True)
-        yield True
-    finally:
+
+    def restore() -> None:
         model.unmerge_adapter()  # clears peft's merged state; the weights come from `originals`
         for base, (weight, bias) in zip(bases, originals):
             base.weight.data = weight
             if bias is not None:
                 base.bias.data = bias
+
+    try:
+        model.merge_adapter(safe_merge=True)
+    except ValueError as err:
+        if "NaNs detected" not in str(err):
+            raise
+        # A diverged (non-finite) adapter: generate unmerged, so the caller's own checks (PPO's
+        # finite-logits processor) name the divergence.
+        restore()
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        restore()
 
 
 @torch.no_grad()
