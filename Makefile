@@ -46,7 +46,7 @@ endif
 test: $(TEST_STAMP) data
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow and not experiments"
 
-# Every experiments/paper/*_mini.yaml end to end through the CLI (~7 min).
+# Every experiments/paper/*_mini.yaml end to end through the CLI (~15 min).
 test-experiments: $(TEST_STAMP) data
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m experiments
 
