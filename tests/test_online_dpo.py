@@ -176,11 +176,11 @@ def test_reward_node_labels_the_higher_scored_completion(compose, stage_context,
     scorer = RewardScorer.from_artifact(rm.path, cfg, ctx.hparams.reward_max_length)
     for row in rows:
         scores = scorer.score([row["prompt"]] * 2, row["completions"], row["finished"]).tolist()
-        if scores[0] == scores[1]:
-            assert row["skip"] == "tie"
-            continue
-        assert row["skip"] is None and row["chosen"] == int(scores[1] > scores[0])
         assert row["scores"] == pytest.approx(scores, rel=1e-4, abs=1e-5)
+        if row["scores"][0] == row["scores"][1]:
+            assert row["skip"] == "tie" and row["chosen"] is None
+            continue
+        assert row["skip"] is None and row["chosen"] == int(row["scores"][1] > row["scores"][0])
         assert row["margin"] == pytest.approx(abs(scores[1] - scores[0]), rel=1e-3, abs=1e-5)
 
 

@@ -62,7 +62,7 @@ class Labeler:
             chosen = None if judged["skip"] else int(scores[1] > scores[0])
             rows.append({"step": trainer_state.global_step if trainer_state else 0, "prompt": prompts[i],
                          "completions": [texts[i], texts[n + i]], "finished": [finished[i], finished[n + i]],
-                         **judged, "chosen": chosen, "scores": None if judged["skip"] else list(scores),
+                         **judged, "chosen": chosen, "scores": None if scores is None else list(scores),
                          "margin": None if judged["skip"] else abs(scores[1] - scores[0])})
         self.last = gather_object(rows)  # every process's pairs, for the counts and the file
         if PartialState().is_main_process:
@@ -185,25 +185,28 @@ def trl_classes():
             with torch.no_grad():
                 chosen_rewards = self.beta * (policy[chosen] - reference[chosen])[labelled]
                 rejected_rewards = self.beta * (policy[rejected] - reference[rejected])[labelled]
-                margins = self.accelerator.gather_for_metrics(chosen_rewards - rejected_rewards)
+                margins = chosen_rewards - rejected_rewards
                 self._record({
-                    "rewards/chosen": self.accelerator.gather_for_metrics(chosen_rewards),
-                    "rewards/rejected": self.accelerator.gather_for_metrics(rejected_rewards),
-                    "rewards/margins": margins, "rewards/accuracies": (margins > 0).float(),
-                    "objective/kl": self.accelerator.gather_for_metrics(((logprobs - ref_logprobs) * mask).sum(1)),
-                    "completions/finished": self.accelerator.gather_for_metrics(finished.float()),
-                    "completions/mean_length": self.accelerator.gather_for_metrics(mask.sum(1).float()),
-                    "pairs/label_margin": [r["margin"] for r in self.labeler.last if r["chosen"] is not None],
+                    "rewards/chosen": chosen_rewards, "rewards/rejected": rejected_rewards, "rewards/margins": margins,
+                    "rewards/accuracies": (margins > 0).float(),
+                    "objective/kl": ((logprobs - ref_logprobs) * mask).sum(1),
+                    "completions/finished": finished.float(), "completions/mean_length": mask.sum(1).float(),
                 })
-                counts = Counter(r["skip"] or "labelled" for r in self.labeler.last)
-                for key in ("labelled", *SKIPS):
-                    self.window.setdefault(f"pairs/{key}", []).append(counts[key])
+            # the labeller's rows are every process's already
+            self.window.setdefault("pairs/label_margin", []).extend(
+                r["margin"] for r in self.labeler.last if r["chosen"] is not None)
+            counts = Counter(r["skip"] or "labelled" for r in self.labeler.last)
+            for key in ("labelled", *SKIPS):
+                self.window.setdefault(f"pairs/{key}", []).append(counts[key])
             self.accelerator.backward(loss)
             return loss.detach() / self.args.gradient_accumulation_steps
 
-        def _record(self, values: dict) -> None:
+        def _record(self, values: Dict[str, torch.Tensor]) -> None:
+            """Per-pair or per-completion values of every process (lists: their lengths differ)."""
+            from accelerate.utils import gather_object
+
             for key, value in values.items():
-                self.window.setdefault(key, []).extend(value.tolist() if torch.is_tensor(value) else value)
+                self.window.setdefault(key, []).extend(gather_object(value.tolist()))
 
         def log(self, logs, start_time=None):
             """Training logs get the window's metrics: pair counts summed, the others averaged per pair."""
