@@ -7,6 +7,7 @@ import json
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 import torch
@@ -151,7 +152,7 @@ def test_judge_labels_skip_inconsistent_and_tied_pairs_policy_trains_reference_f
         else:  # consistent: the first completion wins as A and loses as B, or the other way round
             assert row["skip"] is None and row["chosen"] == (0 if verdicts == ["A", "B"] else 1)
             assert row["margin"] == pytest.approx(1.0)
-    assert metrics["skipped_inconsistent"] == 2 and metrics["skipped_ties"] >= 1
+    assert metrics["skipped_inconsistent"] == 2 and metrics["skipped_ties"] >= 1 and metrics["labelled_pairs"] >= 1
     assert metrics["labelled_pairs"] + metrics["skipped_inconsistent"] + metrics["skipped_ties"] == 6
     assert judge_server.requests == 12  # each pair judged once per order
     logged = [json.loads(line) for line in (ctx.work_dir / "metrics.jsonl").read_text().splitlines()]
@@ -159,6 +160,20 @@ def test_judge_labels_skip_inconsistent_and_tied_pairs_policy_trains_reference_f
     assert [r["step"] for r in steps] == [1, 2]
     for key, total in (("labelled", "labelled_pairs"), ("inconsistent", "skipped_inconsistent"), ("tie", "skipped_ties")):
         assert sum(r[f"pairs/{key}"] for r in steps) == metrics[total]
+
+
+def test_sft_online_dpo_pipeline_trains_reports_and_the_judge_compares_its_nodes(compose, judge_server, tmp_path):
+    from alignlab.pipeline import run as run_pipeline
+    from alignlab.report import write_report
+
+    record = run_pipeline(compose(*judged(judge_server, tmp_path), "judge.num_prompts=2", "judge.max_new_tokens=8"))
+    node = record.nodes["online_dpo"]
+    assert node.status == "trained" and node.upstream == {"policy": "sft"}
+    assert node.metrics["pairs"] == 6 and node.metrics["labelled_pairs"] + node.metrics["skipped_ties"] == 6
+    assert (Path(node.artifact) / online_dpo.LABELS).is_file()
+    assert {"sft:base", "online_dpo:sft"} <= set(record.judge.comparisons)
+    report = write_report(record, tmp_path / "report")["report.md"].read_text()
+    assert "labelled_pairs" in report and "| online_dpo | online_dpo | trained |" in report
 
 
 def test_reward_node_labels_the_higher_scored_completion(compose, stage_context, sft_artifact):
