@@ -20,7 +20,7 @@ import json
 import math
 from collections import Counter
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -44,8 +44,9 @@ class Labeler:
         self.path, self.last = path, []
 
     def pairs(self, prompts: Sequence[list], first: Sequence[str], second: Sequence[str],
-              finished: Sequence[bool]) -> List[dict]:
-        """Per pair: "scores" (first, second) or None, "skip" (a SKIPS reason) or None, and what decided it."""
+              finished: Sequence[Tuple[bool, bool]]) -> List[dict]:
+        """Per pair: "scores" (first, second) or None, "skip" (a SKIPS reason) or None, and what decided it
+        (`finished`: whether each completion ended with EOS)."""
         raise NotImplementedError
 
     def __call__(self, prompts, completions, completion_ids=None, finished=None, trainer_state=None,
