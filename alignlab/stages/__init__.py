@@ -134,3 +134,10 @@ register(StageSpec(
     data_kind="preference", default_data="preference", upstream={"policy": ("sft",)}, generative=True, rival=True,
     headline=("eval_rewards/accuracies", "eval_rewards/margins"),
     curves=("loss", "eval_loss", "rewards/accuracies", "rewards/margins")))
+register(StageSpec(
+    kind="online_dpo", recipe="alignlab.stages.online_dpo", config=stage_config.OnlineDPOStageConfig,
+    data_kind="prompt", default_data="prompts",
+    upstream={"policy": ("sft", "dpo", "online_dpo"), "reward": ("reward",)}, generative=True, rival=True,
+    headline=("labelled_pairs", "skipped_inconsistent", "skipped_ties", "final/rewards/margins", "train_loss"),
+    curves=("loss", "pairs/labelled", "pairs/inconsistent", "pairs/tie", "rewards/margins", "pairs/label_margin"),
+    check=stage_config.online_dpo_problems))

@@ -407,3 +407,52 @@ def kto_problems(cfg, name: str, h, checked) -> List[str]:
             "desirable_weight x n_desirable / (undesirable_weight x n_undesirable) on balanced data",
             name, _setting(cfg, name, "desirable_weight"), _setting(cfg, name, "undesirable_weight"), ratio)
     return problems
+
+
+# --- online DPO ------------------------------------------------------------------------------------
+
+ONLINE_DPO_LABELERS = ("judge", "reward")
+
+
+@dataclass
+class OnlineDPOStageConfig(TrainerConfig):
+    """Online DPO (Guo et al. 2024; trl.experimental OnlineDPOTrainer): the policy samples two completions per
+    prompt, alignlab's judge (both orders) or a reward node labels each pair, pairs it cannot label are skipped
+    and counted, then a DPO step on the labelled pairs against the frozen starting policy.
+    `per_device_train_batch_size` counts prompts (pairs)."""
+
+    learning_rate: float = within(5e-5, gt=0)
+    labeler: str = one_of("judge", *ONLINE_DPO_LABELERS)  # judge: the `judge` group's judge | reward: the `reward:` node
+    beta: float = within(0.1, gt=0)
+    loss_type: str = one_of("sigmoid", "sigmoid", "ipo")
+    max_new_tokens: int = within(64, ge=1)  # tokens per sampled completion
+    temperature: float = within(0.9, gt=0)
+    max_prompt_length: int = within(512, ge=1)  # prompt tokens; longer prompts are dropped (counted) or an error
+    on_too_long: str = one_of("drop", "drop", "error")  # trl cuts no prompt, so none is truncated
+    reward_max_length: int = within(512, ge=1)  # tokens of prompt + completion the reward node reads
+    score_batch_size: int = within(8, ge=1)
+    disable_dropout: bool = True
+    # A batch whose pairs were all skipped has exactly zero gradient: no label, not a collapse.
+    collapse_patience: int = within(0, ge=0)
+    logging_steps: int = within(1, ge=1)
+
+
+def online_dpo_problems(cfg, name: str, h, checked) -> List[str]:
+    """Preflight of an online_dpo node: its labeler is there (the judge on, or a `reward:` upstream node), and
+    the data has the prompts of one batch."""
+    node, labeler = cfg.pipeline.nodes[name], _setting(cfg, name, "labeler")
+    problems = []
+    if h.labeler == "judge" and not cfg.judge.enabled:
+        problems.append(f"{labeler}=judge: the judge is off (judge=none); choose judge=local or judge=openai, or "
+                        f"{labeler}=reward with a `reward:` upstream node")
+    if h.labeler == "judge" and node.get("reward") is not None:
+        problems.append(f"pipeline.nodes.{name}.reward: '{node.reward}' labels nothing with {labeler}=judge; "
+                        f"remove it or set {labeler}=reward")
+    if h.labeler == "reward" and node.get("reward") is None:
+        problems.append(f"{labeler}=reward: pipeline.nodes.{name} has no `reward:` upstream node to label with")
+    data = checked.data.get(name)
+    if data is not None and len(data.train) < h.per_device_train_batch_size:
+        problems.append(f"pipeline.nodes.{name}: {len(data.train)} training prompt(s) in data."
+                        f"{checked.data_names[name]}, fewer than {_setting(cfg, name, 'per_device_train_batch_size')}"
+                        f"={h.per_device_train_batch_size}")
+    return problems

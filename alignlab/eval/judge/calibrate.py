@@ -50,7 +50,7 @@ def annotation_pairs(count: int, max_chars: int, seed: int, data_home) -> List[d
     return [p for pair in zip(*picked) for p in pair]  # alternating labels
 
 
-def _question(prompt: List[dict]) -> str:
+def judge_question(prompt: List[dict]) -> str:
     """The prompt as the judge's question: the user turn, or a transcript of a longer conversation."""
     if len(prompt) == 1:
         return prompt[0]["content"]
@@ -63,7 +63,7 @@ def human_pairs(cfg, count: int, max_chars: int, seed: int, data_home) -> List[d
     if key not in cfg.data:
         raise ConfigError(f"judge.calibration.human: no dataset '{key}' in the data group (have: {', '.join(cfg.data)})")
     rows = load_data(cfg.data[key], "preference", data_home=data_home).eval
-    pairs = [{"question": _question(r["prompt"]), "chosen": r["chosen"][-1]["content"],
+    pairs = [{"question": judge_question(r["prompt"]), "chosen": r["chosen"][-1]["content"],
               "rejected": r["rejected"][-1]["content"]} for r in rows]
     pairs = _ordered(pairs, seed, max_chars)[:count]
     if not pairs:
