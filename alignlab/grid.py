@@ -50,15 +50,19 @@ def summary_row(record: RunRecord) -> Dict[str, Any]:
     return row
 
 
+def job_overrides(job_dir: Path) -> List[str]:
+    """The command-line overrides of one multirun job (Hydra's `.hydra/overrides.yaml`)."""
+    overrides_file = job_dir / ".hydra" / "overrides.yaml"
+    if not overrides_file.is_file():
+        return []
+    import yaml
+
+    return yaml.safe_load(overrides_file.read_text()) or []
+
+
 def job_row(job_dir: Path) -> Dict[str, Any]:
     """Overrides, status, error and flattened key metrics of one multirun job directory."""
-    overrides_file = job_dir / ".hydra" / "overrides.yaml"
-    overrides = []
-    if overrides_file.is_file():
-        import yaml
-
-        overrides = yaml.safe_load(overrides_file.read_text()) or []
-    row: Dict[str, Any] = {"job": job_dir.name, "overrides": " ".join(overrides)}
+    row: Dict[str, Any] = {"job": job_dir.name, "overrides": " ".join(job_overrides(job_dir))}
     status_file, summary_file = job_dir / "job_status.json", job_dir / SUMMARY
     status = json.loads(status_file.read_text()) if status_file.is_file() else {}
     record = load(summary_file) if summary_file.is_file() else None  # none: the job failed before writing one
@@ -143,8 +147,7 @@ def frontier_points(jobs: List[Path]) -> Tuple[list, Optional[RewardKLRecord]]:
         if record.reward_kl is None:
             continue
         section = record.reward_kl
-        overrides = (json.loads((job / "job_status.json").read_text()).get("overrides", [])
-                     if (job / "job_status.json").is_file() else [])
+        overrides = job_overrides(job)
         for name, p in record.reward_kl.nodes.items():
             own = [o for o in overrides if o.lstrip("+").startswith((f"stage.{p.stage}.", f"pipeline.nodes.{name}."))]
             swept = ", ".join(_short(o) for o in (own or overrides)) if p.stage != "base" else ""
