@@ -115,7 +115,7 @@ def test_reward_is_the_reward_nodes_score_of_the_responses(trained):
     (("eval.reward_kl.reward=sft",), r"eval\.reward_kl\.reward: 'sft' is a sft node, not a reward node"),
     (("eval.reward_kl.reward=null",), r"eval\.reward_kl\.reward: name the reward node"),
     (("eval.reward_kl.prompts=5000",), r"eval\.reward_kl\.prompts: 5000 held-out prompts asked, data\.prompts holds out"),
-    (("data.prompts.eval_fraction=0.3",), r"eval\.reward_kl\.data: \d+ of its 6 held-out prompts are training prompts of node rm"),
+    (("data.prompts.eval_fraction=0.9", "data.preference.max_train_rows=null"), r"eval\.reward_kl\.data: \d+ of its 6 held-out prompts are training prompts of node rm"),
     (("eval.reward_kl.reference=sft",), r"eval\.reward_kl\.reference: 'sft' is not one of upstream, base"),
 ])
 def test_bad_settings_fail_before_anything_loads(compose, overrides, message):
