@@ -142,9 +142,9 @@ FRONTIER_PLOT = "reward_kl_frontier.png"
 
 def stage_colour(stage: str) -> str:
     """One colour per stage kind (the base grey), the same in every report and grid figure."""
-    kinds = ["base", *REGISTRY]
-    return "#333333" if stage == "base" else STAGE_COLOURS[kinds.index(stage) % len(STAGE_COLOURS)] \
-        if stage in kinds else STAGE_COLOURS[-1]
+    if stage not in REGISTRY:
+        return "#333333"
+    return STAGE_COLOURS[list(REGISTRY).index(stage) % len(STAGE_COLOURS)]
 
 
 def plot_frontier(points: List[Tuple[str, str, Any]], path: Path, title: str, confidence: float,
