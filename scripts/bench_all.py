@@ -19,6 +19,7 @@ BENCHMARKS = [
     ("bench_ppo_memory", ["--model", "random-llama", "--out", "results/bench_ppo_memory_1b.json"]),  # weights dominate
     ("bench_grid", []),
     ("bench_quickstart", []),
+    ("bench_grpo", []),
     ("bench_precision", []),
 ]
 

@@ -33,7 +33,7 @@ def _row(f: dict) -> str:
 
 
 ORDER = ["bench_overhead", "bench_ppo", "bench_ppo_fp32", "bench_ppo_memory", "bench_ppo_memory_1b", "bench_grid",
-         "bench_quickstart", "bench_precision"]  # P1..P5, then the rest
+         "bench_quickstart", "bench_grpo", "bench_precision"]  # P1..P5, then the rest
 
 
 def render(results: Path) -> str:

@@ -116,3 +116,30 @@ def test_mini_variant_runs(paper, compose, data_home, model_cache, tmp_path):
         assert list(frontier) == ["base", *generative] and frontier["base"]["kl"] == 0.0
         assert all(p["n"] == cfg.eval.reward_kl.prompts * cfg.eval.reward_kl.n for p in frontier.values())
         assert (run_dir / "plots" / FRONTIER_PLOT).is_file()
+
+
+@pytest.mark.experiments
+def test_method_zoo_mini_compares_every_method_in_one_report(compose, data_home, model_cache, tmp_path):
+    cfg = compose("experiment=method_zoo_mini")
+    run_dir = tmp_path / "run"
+    cmd = [ALIGNLAB, "experiment=method_zoo_mini", "logger=none", f"paths.cache_dir={tmp_path / 'cache'}",
+           f"hydra.run.dir={run_dir}"]
+    done = subprocess.run(cmd, env=alignlab_env(data_home, model_cache), capture_output=True, text=True, timeout=1500)
+    assert done.returncode == 0, done.stderr[-4000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "ok"
+    nodes = summary["nodes"]
+    assert {node["stage"] for node in nodes.values()} == {"sft", "reward", "dpo", "kto", "simpo", "orpo", "grpo", "ppo"}
+    assert all(node["status"] == "trained" for node in nodes.values())
+    generative = [name for name, node in nodes.items() if REGISTRY[node["stage"]].generative]
+    assert set(summary["forgetting"]["nodes"]) == set(generative)
+    judged = {tuple(key.split(":")) for key in summary["judge"]["comparisons"]}
+    methods = [name for name in generative if name != "sft"]
+    for name in methods:  # each method against its parent...
+        assert (name, nodes[name]["upstream"].get("policy", "base")) in judged, name
+    for i, a in enumerate(methods):  # ...and against every other method
+        for b in methods[i + 1:]:
+            assert (a, b) in judged or (b, a) in judged, (a, b)
+    report = (run_dir / "report.md").read_text()
+    assert all(name in report for name in nodes)
+    assert cfg.pipeline.name == "method_zoo"

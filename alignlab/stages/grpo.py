@@ -110,6 +110,26 @@ def reward_functions(ctx: StageContext, eos_ids: Sequence[int]):
     return [TrlReward(name, fn, eos_ids, samples) for name, fn in fns.items()], list(weights.values()), samples
 
 
+def online_arguments(stage: str, h, reward_weights: List[float]) -> Dict[str, Any]:
+    """The GRPOConfig/RLOOConfig fields a `stage` node sets beyond the shared trainer fields (also
+    what scripts/bench_grpo.py hands its bare trl baseline)."""
+    return dict(
+        num_generations=h.num_generations,
+        max_completion_length=h.max_completion_length,
+        temperature=h.temperature,
+        beta=h.beta,
+        epsilon=h.epsilon,
+        epsilon_high=h.epsilon_high,
+        num_iterations=h.num_iterations,
+        steps_per_generation=h.steps_per_generation,
+        mask_truncated_completions=h.mask_truncated_completions,
+        reward_weights=reward_weights,
+        disable_dropout=h.disable_dropout,
+        remove_unused_columns=False,  # the rows' extra fields (e.g. `reference`) reach the reward functions
+        **{key: h[key] for key in OWN_SETTINGS[stage]},
+    )
+
+
 def build_trainer(ctx: StageContext):
     import trl
     from transformers import set_seed
@@ -121,24 +141,7 @@ def build_trainer(ctx: StageContext):
     eos = model.generation_config.eos_token_id
     eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
     funcs, weights, _ = reward_functions(ctx, eos_ids)
-    args = trl_recipe.trainer_args(
-        ctx,
-        config_cls,
-        held_out=False,
-        num_generations=h.num_generations,
-        max_completion_length=h.max_completion_length,
-        temperature=h.temperature,
-        beta=h.beta,
-        epsilon=h.epsilon,
-        epsilon_high=h.epsilon_high,
-        num_iterations=h.num_iterations,
-        steps_per_generation=h.steps_per_generation,
-        mask_truncated_completions=h.mask_truncated_completions,
-        reward_weights=weights,
-        disable_dropout=h.disable_dropout,
-        remove_unused_columns=False,  # the rows' extra fields (e.g. `reference`) reach the reward functions
-        **{key: h[key] for key in OWN_SETTINGS[ctx.stage]},
-    )
+    args = trl_recipe.trainer_args(ctx, config_cls, held_out=False, **online_arguments(ctx.stage, h, weights))
     # Completions are generated from the training prompts; held-out accuracy is the eval group's job.
     return trl_recipe.trainer(ctx, trainer_cls, model, args, held_out=False, reward_funcs=funcs)
 
