@@ -85,7 +85,7 @@ def test_perturbed_adapter_has_positive_kl(trained, tmp_path):
     shutil.copytree(sft, perturbed)
     weights = load_file(str(perturbed / "adapter_model.safetensors"))
     gen = torch.Generator().manual_seed(0)
-    noisy = {k: v + 20.0 * torch.randn(v.shape, generator=gen) if "lora_B" in k else v for k, v in weights.items()}
+    noisy = {k: v + 20.0 * torch.randn(v.shape, generator=gen) if ".lora_" in k else v for k, v in weights.items()}
     save_file(noisy, str(perturbed / "adapter_model.safetensors"))
     result = sample_and_score(cfg, held_out_prompts(cfg, cfg.paths.data_home), perturbed, sft, rm)
     point = summarise(result, "sft", "sft", "", 2, 0.95, 0)
