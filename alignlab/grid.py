@@ -2,7 +2,8 @@
 
 `GridSummary` is a Hydra callback (registered in conf/config.yaml): after every job it records
 the job's status and error in `<job_dir>/job_status.json` and rewrites `grid_summary.csv`,
-`grid_summary.md`, `grid_summary.html` and `grid_summary.png` in the sweep directory, so the
+`grid_summary.md`, `grid_summary.html`, `grid_summary.png` and (when the runs evaluated reward and
+KL, `eval.reward_kl`) the frontier figure `grid_frontier.png` in the sweep directory, so the
 summary is complete even when a job fails (Hydra then stops without `on_multirun_end`).
 `python -m alignlab.grid <sweep_dir> [--metric M] [--key K]` rebuilds it by hand.
 """
@@ -15,18 +16,19 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from filelock import FileLock
 from hydra.experimental.callback import Callback
 
-from alignlab.record import SUMMARY, RunRecord, load
+from alignlab.record import SUMMARY, RewardKLRecord, RunRecord, load
 from alignlab.stages import headline
 
 
 def summary_row(record: RunRecord) -> Dict[str, Any]:
     """The flattened key metrics of one run (the grid summary's metric columns): each node's
-    status and its stage's headline metrics (the registry's), forgetting deltas, judge verdicts."""
+    status and its stage's headline metrics (the registry's), forgetting deltas, reward and KL
+    (`RewardKLRecord.columns`), judge verdicts."""
     row: Dict[str, Any] = {}
     for name, node in record.nodes.items():
         row[f"{name}/status"] = node.status
@@ -40,21 +42,27 @@ def summary_row(record: RunRecord) -> Dict[str, Any]:
             for d in node.deltas:
                 if d.gated:
                     row[f"{name}/{d.task.replace('alignlab_', '')} Δbase"] = d.vs_base.delta
+    if record.reward_kl is not None:
+        row.update(record.reward_kl.columns())
     for key, c in (record.judge.comparisons if record.judge is not None else {}).items():
         row[f"judge {key} p_better"] = c.p_better
         row[f"judge {key} win_rate"] = c.win_rate
     return row
 
 
+def job_overrides(job_dir: Path) -> List[str]:
+    """The command-line overrides of one multirun job (Hydra's `.hydra/overrides.yaml`)."""
+    overrides_file = job_dir / ".hydra" / "overrides.yaml"
+    if not overrides_file.is_file():
+        return []
+    import yaml
+
+    return yaml.safe_load(overrides_file.read_text()) or []
+
+
 def job_row(job_dir: Path) -> Dict[str, Any]:
     """Overrides, status, error and flattened key metrics of one multirun job directory."""
-    overrides_file = job_dir / ".hydra" / "overrides.yaml"
-    overrides = []
-    if overrides_file.is_file():
-        import yaml
-
-        overrides = yaml.safe_load(overrides_file.read_text()) or []
-    row: Dict[str, Any] = {"job": job_dir.name, "overrides": " ".join(overrides)}
+    row: Dict[str, Any] = {"job": job_dir.name, "overrides": " ".join(job_overrides(job_dir))}
     status_file, summary_file = job_dir / "job_status.json", job_dir / SUMMARY
     status = json.loads(status_file.read_text()) if status_file.is_file() else {}
     record = load(summary_file) if summary_file.is_file() else None  # none: the job failed before writing one
@@ -117,6 +125,50 @@ def _plot(rows: List[Dict[str, Any]], metric: str, key: str, path: Path) -> bool
     return True
 
 
+FRONTIER = "grid_frontier.png"
+
+
+def _short(override: str) -> str:
+    """`stage.dpo.beta=0.1` -> `beta=0.1`."""
+    key, _, value = override.partition("=")
+    return f"{key.lstrip('+').rsplit('.', 1)[-1]}={value}"
+
+
+def frontier_points(jobs: List[Path]) -> Tuple[list, Optional[RewardKLRecord]]:
+    """(label, stage kind, RewardKLNode) of every model every job evaluated, each distinct point once,
+    and the last job's `reward_kl` section (its settings). A node's label is its name, the swept
+    overrides of its stage kind or of the node (e.g. beta=0.1), else all of the job's overrides, and
+    its own settings."""
+    points, seen, section = [], set(), None
+    for job in jobs:
+        if not (job / SUMMARY).is_file():
+            continue
+        record = load(job / SUMMARY)
+        if record.reward_kl is None:
+            continue
+        section = record.reward_kl
+        overrides = job_overrides(job)
+        for name, p in record.reward_kl.nodes.items():
+            own = [o for o in overrides if o.lstrip("+").startswith((f"stage.{p.stage}.", f"pipeline.nodes.{name}."))]
+            swept = ", ".join(_short(o) for o in (own or overrides)) if p.stage != "base" else ""
+            label = ", ".join(x for x in (name, swept, p.label) if x)
+            key = (name, p.stage, p.label, round(p.reward, 9), round(p.kl, 9))
+            if key not in seen:
+                seen.add(key)
+                points.append((label, p.stage, p))
+    return points, section
+
+
+def _plot_frontier(jobs: List[Path], path: Path) -> bool:
+    from alignlab.report import plot_frontier
+
+    points, section = frontier_points(jobs)
+    if not points:
+        return False
+    plot_frontier(points, path, f"reward-KL frontier of {len(jobs)} grid point(s)", section.confidence, section.reward)
+    return True
+
+
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
@@ -144,13 +196,17 @@ def write_grid_summary(sweep_dir: Path, metric: Optional[str] = None, key: Optio
     plotted = bool(metric and key) and _plot(rows, metric, key, sweep_dir / "grid_summary.png")
     if plotted:
         md += ["", f"![{metric} vs {key}](grid_summary.png)"]
+    frontier = _plot_frontier(jobs, sweep_dir / FRONTIER)
+    if frontier:
+        md += ["", f"![reward-KL frontier]({FRONTIER})"]
     _atomic_write(sweep_dir / "grid_summary.md", "\n".join(md) + "\n")
     body = ["<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in columns) + "</tr>"]
     body += ["<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in columns) + "</tr>" for r in rows]
     _atomic_write(sweep_dir / "grid_summary.html",
                   f"<!doctype html><meta charset='utf-8'><h1>Grid summary</h1><p>{len(rows)} job(s), "
                   f"{len(failed)} failed.</p>" + "".join(body) + "</table>"
-                  + ("<img src='grid_summary.png'>" if plotted else ""))
+                  + ("<img src='grid_summary.png'>" if plotted else "")
+                  + (f"<img src='{FRONTIER}'>" if frontier else ""))
     return rows
 
 

@@ -21,6 +21,7 @@ from alignlab.ranks import MainProcessSignal
 from alignlab.record import SUMMARY, NodeData, NodeRecord, RunRecord, dump, from_dict
 from alignlab.eval.checks import ForgettingChecks
 from alignlab.eval.judge.runner import JudgeChecks
+from alignlab.eval.reward_kl import RewardKLChecks, node_label
 from alignlab.report import write_report
 from alignlab.stages import BASE, UPSTREAM_ROLES, generative, spec, stage_module
 from alignlab.stages.context import Artifact, StageContext, load_inference
@@ -51,6 +52,7 @@ class Pipeline:
         self.store = NodeStore(self.cache_dir, self.state)
         self.forgetting: Optional[ForgettingChecks] = None
         self.judging: Optional[JudgeChecks] = None
+        self.reward_kl: Optional[RewardKLChecks] = None
 
     def run(self) -> RunRecord:
         order = self.checked.order
@@ -64,12 +66,17 @@ class Pipeline:
             if self.cfg.judge.enabled and self.main:
                 self.judging = JudgeChecks(self.cfg, self.cache_dir, self.data_home, self.run_dir)
                 self.record.judge = self.judging.section
+            if self.cfg.eval.reward_kl.enabled and self.main:
+                self.reward_kl = RewardKLChecks(self.cfg, self.cache_dir, self.data_home)
+                self.record.reward_kl = self.reward_kl.section
             self._evaluate(BASE, None)
             for name in order:
                 artifacts[name] = self._run_node(name, artifacts)
                 if generative(self.cfg.pipeline.nodes[name].stage):
                     self._write_summary()
                     self._evaluate(name, artifacts[name])
+            if self.reward_kl is not None:  # after every node: the reward node may come after the policies
+                self._reward_kl(order, artifacts)
             if self.judging is not None:
                 self.judging.judge()
             self.record.status = "ok"
@@ -108,6 +115,29 @@ class Pipeline:
                 self.forgetting.node(name, identity, load, parent)
         if self.judging is not None:
             self.judging.respond(name, identity, load, stage=artifact.stage if artifact else BASE, parent=parent)
+
+    def _reward_kl(self, order: List[str], artifacts: Dict[str, Artifact]) -> None:
+        """Gold reward and KL of the base and of every generative node, against its generative parent
+        (`reference: upstream`; the base for a root node) or the base."""
+        base = {"name": BASE, "adapter": None,
+                "identity": {"model": OmegaConf.to_container(self.cfg.model, resolve=True),
+                             "quant": OmegaConf.to_container(self.cfg.quant, resolve=True)}}
+
+        def model(name: Optional[str]) -> Dict[str, Any]:
+            if name is None:
+                return base
+            return {"name": name, "adapter": artifacts[name].adapter_dir, "identity": {"node_key": artifacts[name].key}}
+
+        reward = model(self.cfg.eval.reward_kl.reward)
+        self.reward_kl.evaluate(BASE, BASE, "", base, base, reward)
+        self._write_summary()
+        for name in order:
+            node = self.cfg.pipeline.nodes[name]
+            if not generative(node.stage):
+                continue
+            parent = self._generative_parent(name) if self.cfg.eval.reward_kl.reference == "upstream" else None
+            self.reward_kl.evaluate(name, node.stage, node_label(node.hparams), model(name), model(parent), reward)
+            self._write_summary()
 
     def _report(self) -> None:
         """report.md/report.html and the W&B compare run; a failure here never masks the run's own."""

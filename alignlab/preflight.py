@@ -314,12 +314,50 @@ def _judge_problems(cfg: DictConfig, checked: Checked, data_home: Optional[str])
     return problems
 
 
+def reward_kl_problems(cfg: DictConfig) -> List[str]:
+    """eval.reward_kl: its reward node is a reward node of the pipeline, on LoRA adapters, with a dataset."""
+    s, nodes = cfg.eval.reward_kl, cfg.pipeline.nodes
+    rewards = [n for n, node in nodes.items() if node.stage == "reward"]
+    have = f"(reward nodes: {', '.join(rewards) or 'none'})"
+    problems = []
+    if s.reward is None:
+        problems.append(f"eval.reward_kl.reward: name the reward node that scores the samples {have}")
+    elif s.reward not in nodes:
+        problems.append(f"eval.reward_kl.reward: no node '{s.reward}' in the pipeline {have}")
+    elif nodes[s.reward].stage != "reward":
+        problems.append(f"eval.reward_kl.reward: '{s.reward}' is a {nodes[s.reward].stage} node, not a reward node {have}")
+    if cfg.peft.method != "lora":
+        problems.append("eval.reward_kl: the models share one base through LoRA adapters (as PPO's); set peft=lora")
+    if s.data not in cfg.data:
+        problems.append(f"eval.reward_kl.data: no dataset '{s.data}' in the data group (have: {', '.join(cfg.data)})")
+    return problems
+
+
+def held_out_problems(cfg: DictConfig, checked: Checked, data_home: Optional[str]) -> List[str]:
+    """eval.reward_kl: its dataset reads and holds out enough prompts, none of them a training prompt of a node."""
+    from alignlab.data.selection import overlap
+    from alignlab.eval.reward_kl import held_out_prompts
+
+    try:
+        prompts = held_out_prompts(cfg, data_home)
+    except ConfigError as err:
+        return [str(err)]
+    except AlignlabError as err:
+        return [f"data.{cfg.eval.reward_kl.data}: {err}"]
+    rows = [{"prompt": p} for p in prompts]
+    return [f"eval.reward_kl.data: {count} of its {len(rows)} held-out prompts are training prompts of node {name} "
+            f"(split every dataset with the same eval_fraction and split_seed)"
+            for name, data in checked.data.items() if (count := overlap(rows, [data.train]))]
+
+
 def preflight(cfg: DictConfig) -> Checked:
     """Every check that needs no model; raises one ConfigError listing every problem found."""
     from alignlab.data.store import data_home as resolve_data_home
 
     checked = Checked()
     problems = setting_problems(cfg) + _cross_field_problems(cfg) + model_problems(cfg.model, "model")
+    if cfg.eval.reward_kl.enabled:
+        problems += reward_kl_problems(cfg)
     try:
         checked.order = plan(cfg.pipeline.nodes)
         problems += _node_settings_problems(cfg, checked)
@@ -334,6 +372,8 @@ def preflight(cfg: DictConfig) -> Checked:
         problems += _stage_problems(cfg, checked)
         if cfg.eval.enabled:
             problems += task_problems(cfg.eval)
+        if cfg.eval.reward_kl.enabled:
+            problems += held_out_problems(cfg, checked, data_home)
         if cfg.judge.enabled:
             problems += _judge_problems(cfg, checked, data_home)
     problems = list(dict.fromkeys(problems))  # a stage-level problem is found once per node of the stage
@@ -368,6 +408,10 @@ def describe_plan(cfg: DictConfig, checked: Checked) -> str:
     e = cfg.eval
     lines.append(f"  forgetting: {', '.join(e.tasks)} (limit {e.limit}, gate {e.gate}) on the base and every "
                  "generative node" if e.enabled else "  forgetting: off")
+    r = e.reward_kl
+    lines.append(f"  reward-KL: {r.prompts} held-out prompts of data.{r.data} x {r.n} samples, scored by {r.reward}, "
+                 f"KL from the {r.reference} model, on the base and every generative node" if r.enabled
+                 else "  reward-KL: off")
     if cfg.judge.enabled:
         pairs = ([f"{a} vs {b}" for a, b in checked.comparisons] if checked.comparisons is not None
                  else ["each generative node vs its parent (the base for a root node), nodes of rival methods "

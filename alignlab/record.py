@@ -249,6 +249,49 @@ class JudgeRecord:
 
 
 @dataclass(kw_only=True)
+class RewardKLNode:
+    """One model's gold reward and KL from its reference on the held-out prompts: means over
+    prompts (each prompt's mean over its samples) with bootstrap intervals over prompts."""
+
+    stage: str  # "base" for the base model
+    reference: str  # the model the KL is measured from: a node name or "base"
+    label: str  # the node's own settings (`hparams`), e.g. "beta=0.1"; "" when it has none
+    reward: float
+    reward_ci: List[float]
+    kl: float
+    kl_ci: List[float]
+    prompts: int
+    n: int  # samples scored (prompts x samples per prompt)
+    eos_fraction: float  # samples that ended with EOS within max_new_tokens
+    response_length: float  # mean response tokens
+
+
+@dataclass(kw_only=True)
+class RewardKLRecord:
+    """summary.json's `reward_kl`: the settings of the evaluation and each model's point."""
+
+    reward: str  # the reward node that scored the samples
+    data: str
+    prompts: int
+    samples_per_prompt: int
+    max_new_tokens: int
+    temperature: float
+    seed: int
+    reference: str  # upstream | base
+    confidence: float
+    nodes: Dict[str, RewardKLNode]  # "base" first, then the generative nodes in pipeline order
+
+    def columns(self) -> Dict[str, float]:
+        """Flat summary columns (grid summary, W&B compare run): `<model>/reward_kl/<reward|kl>[_lo|_hi]`."""
+        out: Dict[str, float] = {}
+        for name, p in self.nodes.items():
+            for what, value, ci in (("reward", p.reward, p.reward_ci), ("kl", p.kl, p.kl_ci)):
+                out.update({f"{name}/reward_kl/{what}": value, f"{name}/reward_kl/{what}_lo": ci[0],
+                            f"{name}/reward_kl/{what}_hi": ci[1]})
+        return out
+
+
+@dataclass(kw_only=True)
 class RunRecord:
     schema_version: int = SCHEMA_VERSION
     name: str
@@ -261,6 +304,7 @@ class RunRecord:
     nodes: Dict[str, NodeRecord] = field(default_factory=dict)
     forgetting: Optional[ForgettingRecord] = _omitted()
     judge: Optional[JudgeRecord] = _omitted()
+    reward_kl: Optional[RewardKLRecord] = _omitted()  # absent in summaries written before it existed
 
 
 def from_dict(cls: type, value: Any, where: str = "") -> Any:

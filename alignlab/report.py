@@ -1,8 +1,8 @@
 """The run report: report.md and a self-contained report.html (plots inlined) next to summary.json.
 
 Built from summary.json's sections and each node's metrics.jsonl: training curves, reward-model
-accuracy and margins, PPO reward and KL, the forgetting table with its gate, the judge's
-win rates with intervals, and sample responses side by side.
+accuracy and margins, PPO reward and KL, the forgetting table with its gate, the reward-KL frontier,
+the judge's win rates with intervals, and sample responses side by side.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from alignlab.eval.gate import stderr_key  # noqa: E402
-from alignlab.record import Delta, ForgettingRecord, JudgeRecord, PaperRecord, RunRecord  # noqa: E402
+from alignlab.record import Delta, ForgettingRecord, JudgeRecord, PaperRecord, RewardKLRecord, RunRecord  # noqa: E402
 from alignlab.stages import REGISTRY, headline  # noqa: E402
 
 Block = Tuple[str, Any]  # ("p", text) | ("table", (header, rows)) | ("img", path) | ("pre", text)
@@ -136,6 +136,57 @@ def _forgetting_section(section: ForgettingRecord | None, plots: Path) -> List[B
     return blocks + [("img", path)]
 
 
+STAGE_COLOURS = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C")
+FRONTIER_PLOT = "reward_kl_frontier.png"
+
+
+def stage_colour(stage: str) -> str:
+    """One colour per stage kind (the base grey), the same in every report and grid figure."""
+    if stage not in REGISTRY:
+        return "#333333"
+    return STAGE_COLOURS[list(REGISTRY).index(stage) % len(STAGE_COLOURS)]
+
+
+def plot_frontier(points: List[Tuple[str, str, Any]], path: Path, title: str, confidence: float,
+                  reward_name: str) -> None:
+    """Gold reward against KL from the reference, one point per (label, stage kind, RewardKLNode)
+    with its bootstrap intervals as error bars, coloured by stage kind."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    seen = set()
+    for label, stage, p in points:
+        xerr = [[max(0.0, p.kl - p.kl_ci[0])], [max(0.0, p.kl_ci[1] - p.kl)]]
+        yerr = [[max(0.0, p.reward - p.reward_ci[0])], [max(0.0, p.reward_ci[1] - p.reward)]]
+        ax.errorbar([p.kl], [p.reward], xerr=xerr, yerr=yerr, fmt="o", capsize=3, color=stage_colour(stage),
+                    label=None if stage in seen else stage)
+        seen.add(stage)
+        ax.annotate(label, (p.kl, p.reward), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel(f"KL(model || reference), nats ({confidence:.0%} bootstrap interval over prompts)", fontsize=8)
+    ax.set_ylabel(f"reward of {reward_name}", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _reward_kl_section(section: RewardKLRecord | None, plots: Path) -> List[Block]:
+    if section is None or not section.nodes:
+        return [("p", "The reward-KL evaluation was off." if section is None else "No model was evaluated.")]
+    header = ["model", "stage", "settings", "reference", f"reward of {section.reward} (CI)", "KL (CI)", "prompts",
+              "samples", "EOS fraction", "mean tokens"]
+    rows = [[name, p.stage, p.label, p.reference, _interval(p.reward, p.reward_ci), _interval(p.kl, p.kl_ci),
+             p.prompts, p.n, _fmt(p.eos_fraction), _fmt(p.response_length)] for name, p in section.nodes.items()]
+    path = plots / FRONTIER_PLOT
+    plot_frontier([(name if not p.label else f"{name} ({p.label})", p.stage, p) for name, p in section.nodes.items()],
+                  path, "reward-KL frontier", section.confidence, section.reward)
+    return [("p", f"{section.prompts} held-out prompts of data.{section.data} x {section.samples_per_prompt} samples "
+                  f"(temperature {section.temperature:g}, at most {section.max_new_tokens} new tokens, seed "
+                  f"{section.seed}), the same for every model, scored by the reward node {section.reward}. KL: the "
+                  f"sum of per-token log-ratios to the {section.reference} model on the model's own samples, up to the "
+                  f"first EOS. Means over prompts with {section.confidence:.0%} bootstrap intervals over prompts."),
+            ("table", (header, rows)), ("img", path)]
+
+
 def _interval(value, ci) -> str:
     return "n/a" if value is None else f"{value:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]"
 
@@ -235,6 +286,7 @@ def _sections(record: RunRecord, plots: Path, samples: int) -> List[Tuple[str, L
     return paper + [
         ("Nodes", _nodes_section(record, plots)),
         ("Forgetting checks", _forgetting_section(record.forgetting, plots)),
+        ("Reward-KL frontier", _reward_kl_section(record.reward_kl, plots)),
         ("Judge", _judge_section(record.judge, plots, samples)),
     ]
 

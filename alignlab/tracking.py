@@ -122,7 +122,8 @@ class NodeTracker:
 
 
 def comparison_tables(record: RunRecord) -> Dict[str, tuple]:
-    """(columns, rows) of the forgetting and judge results, one row per (model, task) / comparison."""
+    """(columns, rows) of the forgetting, reward-KL and judge results, one row per (model, task) / model /
+    comparison."""
     tables: Dict[str, tuple] = {}
     forgetting = record.forgetting
     if forgetting is not None and forgetting.base:
@@ -137,6 +138,13 @@ def comparison_tables(record: RunRecord) -> Dict[str, tuple]:
                              *_fields(parent, "delta")])
         tables["forgetting"] = (["model", "task", "metric", "gated", "score", "stderr", "vs_base_points",
                                  "vs_base_ci_low", "vs_base_ci_high", "n", "vs_parent_points"], rows)
+    frontier = record.reward_kl
+    if frontier is not None and frontier.nodes:
+        rows = [[name, p.stage, p.label, p.reference, p.reward, *p.reward_ci, p.kl, *p.kl_ci, p.prompts, p.n,
+                 p.eos_fraction, p.response_length] for name, p in frontier.nodes.items()]
+        tables["reward_kl"] = (["model", "stage", "settings", "reference", f"reward ({frontier.reward})",
+                                "reward_ci_low", "reward_ci_high", "kl", "kl_ci_low", "kl_ci_high", "prompts",
+                                "samples", "eos_fraction", "response_length"], rows)
     judge = record.judge
     if judge is not None and judge.comparisons:
         rows = [[c.a, c.b, c.p_better, *(c.p_better_ci or [None, None]), c.win, c.tie, c.loss, c.unparseable,
@@ -160,7 +168,8 @@ def _fields(value: Any, *names: str) -> list:
 
 
 def log_comparison(logger_cfg, experiment: str, record: RunRecord, files: Dict[str, Path]) -> None:
-    """One W&B run per experiment (job_type `compare`): forgetting and judge tables, plots, node metrics."""
+    """One W&B run per experiment (job_type `compare`): forgetting, reward-KL and judge tables, plots,
+    node metrics."""
     if logger_cfg.backend != "wandb" or logger_cfg.mode == "disabled":
         return
     import wandb
@@ -178,5 +187,7 @@ def log_comparison(logger_cfg, experiment: str, record: RunRecord, files: Dict[s
         for node, entry in record.nodes.items():
             run.summary.update({f"{node}/{k}": v for k, v in entry.metrics.items()
                                 if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        if record.reward_kl is not None:
+            run.summary.update(record.reward_kl.columns())
     finally:
         run.finish()

@@ -15,6 +15,7 @@ import pytest
 from omegaconf import OmegaConf, open_dict
 
 from alignlab.provenance import OPERATIONAL, Deviation, covering, leaves, mini_problems, render_markdown, stale_deviations, undeclared_mismatches
+from alignlab.report import FRONTIER_PLOT
 from alignlab.stages import REGISTRY
 from conftest import REPO, alignlab_env
 
@@ -109,6 +110,12 @@ def test_mini_variant_runs(paper, compose, data_home, model_cache, tmp_path):
             assert metrics["episodes"] == cfg.stage.ppo.iterations * cfg.stage.ppo.rollout_batch_size
         else:
             assert metrics["train_steps"] == cfg.stage[node["stage"]].max_steps, name
+    if cfg.eval.reward_kl.enabled:  # paper/dpo_frontier: every generative node placed on the frontier
+        generative = [n for n, node in summary["nodes"].items() if REGISTRY[node["stage"]].generative]
+        frontier = summary["reward_kl"]["nodes"]
+        assert list(frontier) == ["base", *generative] and frontier["base"]["kl"] == 0.0
+        assert all(p["n"] == cfg.eval.reward_kl.prompts * cfg.eval.reward_kl.n for p in frontier.values())
+        assert (run_dir / "plots" / FRONTIER_PLOT).is_file()
 
 
 @pytest.mark.experiments

@@ -122,6 +122,10 @@ CASES = {
     "ppo in fp16": (("pipeline=sft_ppo", LENGTH_REWARD, "stage.ppo.mixed_precision=fp16"),
                     r"stage\.ppo\.mixed_precision=fp16: PPO does not train in fp16 \(it has no loss scaling\)"),
     "missing dataset": (("pipeline.nodes.sft.data=nosuch",), r"pipeline\.nodes\.sft\.data: no dataset 'nosuch' in the data group"),
+    "reward-KL unknown node": (("pipeline=full", "eval.reward_kl.enabled=true", "eval.reward_kl.reward=rm_gld"),
+                               r"eval\.reward_kl\.reward: no node 'rm_gld' in the pipeline \(reward nodes: rm\)"),
+    "reward-KL not a reward node": (("pipeline=full", "eval.reward_kl.enabled=true", "eval.reward_kl.reward=dpo"),
+                                    r"eval\.reward_kl\.reward: 'dpo' is a dpo node, not a reward node \(reward nodes: rm\)"),
 }
 
 

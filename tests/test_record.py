@@ -108,3 +108,44 @@ def test_a_file_that_is_not_json_is_named(tmp_path):
     path.write_text("{half")
     with pytest.raises(RecordError, match=f"{path}: not a readable summary"):
         load(path)
+
+
+def test_reward_kl_section_reaches_the_report_grid_and_compare_run(tmp_path):
+    """A summary with a `reward_kl` section (the fixture's models placed by hand: this checks the data
+    path, tests/test_reward_kl.py the values) round-trips and draws the report's frontier, the grid's
+    columns and frontier figure (labelled by the swept value) and the compare run's table."""
+    from alignlab.grid import FRONTIER, frontier_points
+    from alignlab.record import RewardKLNode, RewardKLRecord
+    from alignlab.report import FRONTIER_PLOT
+
+    record = load(FIXTURE)
+    assert record.reward_kl is None  # written before the section existed, still read
+    point = dict(reference="sft", label="", reward=0.5, reward_ci=[0.25, 0.75], kl=1.5, kl_ci=[1.0, 2.0], prompts=8,
+                 n=16, eos_fraction=0.5, response_length=12.0)
+    record.reward_kl = RewardKLRecord(
+        reward="rm_gold", data="prompts", prompts=8, samples_per_prompt=2, max_new_tokens=16, temperature=1.0, seed=1,
+        reference="upstream", confidence=0.95,
+        nodes={"base": RewardKLNode(**{**point, "stage": "base", "reference": "base", "kl": 0.0, "kl_ci": [0.0, 0.0]}),
+               "dpo": RewardKLNode(**{**point, "stage": "dpo", "label": "beta=0.1"})})
+    dump(record, tmp_path / "summary.json")
+    assert load(tmp_path / "summary.json") == record
+    report = write_report(record, tmp_path / "report")
+    assert FRONTIER_PLOT in report and "| dpo | dpo | beta=0.1 | sft | 0.50 [0.25, 0.75] | 1.50 [1.00, 2.00]" in \
+        report["report.md"].read_text()
+
+    record.reward_kl.nodes["dpo"].label = ""  # in a grid the swept value tells the points apart
+    dump(record, tmp_path / "summary.json")
+    for job, beta in (("0", "0.1"), ("1", "0.3")):
+        _job(tmp_path / "sweep", job, [f"stage.dpo.beta={beta}"], tmp_path / "summary.json")
+    record.reward_kl.nodes["dpo"].kl = 3.0  # the second grid point lies elsewhere
+    dump(record, tmp_path / "sweep" / "1" / "summary.json")
+    rows = write_grid_summary(tmp_path / "sweep")
+    assert [r["dpo/reward_kl/kl"] for r in rows] == [1.5, 3.0] and rows[0]["dpo/reward_kl/reward_lo"] == 0.25
+    points, _ = frontier_points([tmp_path / "sweep" / "0", tmp_path / "sweep" / "1"])
+    assert [label for label, _, _ in points] == ["base", "dpo, beta=0.1", "dpo, beta=0.3"]
+    assert (tmp_path / "sweep" / FRONTIER).is_file() and FRONTIER in (tmp_path / "sweep" / "grid_summary.md").read_text()
+
+    logger = SimpleNamespace(backend="wandb", mode="offline", project="alignlab", entity=None, group=None, tags=[])
+    log_comparison(logger, record.name, dataclasses.replace(record, run_dir=str(tmp_path)), {})
+    tables = [p.name for p in tmp_path.glob("wandb/offline-run-*/files/media/table/*.table.json")]
+    assert any(name.startswith("reward_kl") for name in tables)

@@ -40,7 +40,7 @@ class ForgettingChecks:
 
     def _evaluate(self, identity: Dict[str, Any], load) -> Dict[str, Any]:
         settings = OmegaConf.to_container(self.eval_cfg, resolve=True)
-        for judged_later in ("gate", "max_drop", "enabled", "metrics", "confidence"):  # they do not change scores
+        for judged_later in ("gate", "max_drop", "enabled", "metrics", "confidence", "reward_kl"):  # not scores
             settings.pop(judged_later)
         payload = {"what": identity, "eval": settings, "format": RESULTS_FORMAT}
         key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

@@ -51,7 +51,8 @@ class SharedBaseModel:
     """The PPO models as adapters on one base; see the module docstring."""
 
     def __init__(self, cfg, policy_adapter: Optional[Path], reward_adapter: Optional[Path],
-                 reference: str = "sft", value_init: str = "reward", gradient_checkpointing: bool = False):
+                 reference: str = "sft", value_init: str = "reward", gradient_checkpointing: bool = False,
+                 reference_adapter: Optional[Path] = None):
         from alignlab.models import (add_adapter, copy_lora_weights, disable_dropout, load_adapter, load_base,
                                      load_tokenizer, lora_config)
         from alignlab.stages.reward import reward_offset
@@ -65,9 +66,12 @@ class SharedBaseModel:
             self.model = load_adapter(base, policy_adapter, trainable=True)
         else:
             self.model = add_adapter(base, cfg.peft, cfg.quant)
-        self.ref_adapter = reference == "sft" and policy_adapter is not None
+        # The reference: a frozen copy of the starting policy adapter, another adapter
+        # (`reference_adapter`, e.g. the upstream node of an evaluated one), or the base.
+        reference_adapter = reference_adapter or (policy_adapter if reference == "sft" else None)
+        self.ref_adapter = reference_adapter is not None
         if self.ref_adapter:
-            load_adapter(self.model, policy_adapter, trainable=False, adapter_name=REF)
+            load_adapter(self.model, reference_adapter, trainable=False, adapter_name=REF)
         elif reference not in ("sft", "base"):
             raise ModelLoadError(f"stage.ppo.reference '{reference}' is not one of sft, base")
         hidden = self.model.get_base_model().config.hidden_size

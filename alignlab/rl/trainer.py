@@ -72,6 +72,56 @@ def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
+@dataclass
+class Responses:
+    """Sampled responses split from their prompts: response tokens start at `context`; tokens up to
+    and including the first EOS are the response (`mask`), the rest is padding."""
+
+    context: int  # prompt width
+    mask: torch.Tensor  # [B, T] float: real response tokens
+    has_eos: torch.Tensor  # [B] bool
+    attention: torch.Tensor  # [B, context + T]: prompt attention, then `mask`
+    texts: List[str]  # decoded responses (without EOS and padding)
+
+
+@torch.no_grad()
+def sample(model, tokenizer, prompt_ids: List[List[int]], seed: int, temperature: float, max_new_tokens: int,
+           precision: str = "no", merge: bool = True, logits_processor=None, **outputs):
+    """(encoded prompts, generate() output) of prompt token ids, sampled from exactly
+    softmax(logits / temperature), the distribution the log-probs assume: torch seeded with `seed`,
+    an explicit GenerationConfig without truncation or penalties through alignlab's one generation
+    path (`generate_encoded`: the checkpoint's generation_config set aside, the active adapter merged
+    where exact and `merge` is on). PPO's rollouts and the reward-KL evaluation both sample here."""
+    from transformers import GenerationConfig
+
+    torch.manual_seed(seed)
+    device = next(model.parameters()).device
+    enc = tokenizer.pad({"input_ids": prompt_ids}, padding_side="left", return_tensors="pt").to(device)
+    config = GenerationConfig(do_sample=True, temperature=temperature, top_k=0, top_p=1.0, repetition_penalty=1.0,
+                              max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                              pad_token_id=tokenizer.pad_token_id, **outputs)
+    return enc, generate_encoded(model, enc, config, precision, logits_processor=logits_processor, merge=merge)
+
+
+def split_responses(enc, out: torch.Tensor, tokenizer) -> Responses:
+    """The responses of `sample`'s output `out` for the encoded prompts `enc`."""
+    context = enc["input_ids"].shape[1]
+    response = out[:, context:]
+    is_eos = response == tokenizer.eos_token_id
+    after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
+    mask = (~after_eos).float()
+    texts = tokenizer.batch_decode(response.masked_fill(after_eos, tokenizer.pad_token_id), skip_special_tokens=True)
+    return Responses(context, mask, is_eos.any(-1), torch.cat([enc["attention_mask"], mask.long()], dim=1), texts)
+
+
+@torch.no_grad()
+def reference_logprobs(m: SharedBaseModel, ids: torch.Tensor, attention: torch.Tensor, context: int,
+                       temperature: float) -> torch.Tensor:
+    """[rows, T] log-probs of the response tokens of `ids` under the reference policy of `m`."""
+    with m.reference():
+        return gather_logprobs(m.response_logits(ids, attention, context, temperature), ids[:, context:])
+
+
 class PPOTrainer:
     """Runs `h.iterations` PPO iterations on a SharedBaseModel; checkpoints every `h.save_steps`."""
 
@@ -137,41 +187,24 @@ class PPOTrainer:
         offset = start % len(self.prompts)
         return [self.prompts[i] for i in order[offset:offset + n]]
 
-    @torch.no_grad()
     def sample(self, prompts: List[List[dict]], iteration: int, **outputs):
-        """(encoded prompts, generate() output) of an iteration's prompts, sampled from exactly
-        softmax(logits / temperature), the distribution the log-probs assume: an explicit
-        GenerationConfig without truncation or penalties through alignlab's one generation path
-        (`generate_encoded`: the checkpoint's generation_config set aside, the policy adapter merged
-        where exact and `merge_for_generation` is on). `outputs`: e.g. output_scores=True."""
-        from transformers import GenerationConfig
-
+        """(encoded prompts, generate() output) of an iteration's prompts (`sample`), each prompt's
+        rendered ids cut to the budget, seeded per iteration and process. `outputs`: e.g. output_scores=True."""
         h, tok = self.h, self.m.tokenizer
-        torch.manual_seed(h.seed * 100003 + iteration * self.accelerator.num_processes + self.accelerator.process_index)
+        seed = h.seed * 100003 + iteration * self.accelerator.num_processes + self.accelerator.process_index
         ids = [self.budget(chat_ids(tok, p, generation_prompt=True)) for p in prompts]
-        enc = tok.pad({"input_ids": ids}, padding_side="left", return_tensors="pt").to(self.m.device)
-        config = GenerationConfig(do_sample=True, temperature=h.temperature, top_k=0, top_p=1.0, repetition_penalty=1.0,
-                                  max_new_tokens=h.max_new_tokens, eos_token_id=tok.eos_token_id,
-                                  pad_token_id=tok.pad_token_id, **outputs)
-        return enc, generate_encoded(self.m.model, enc, config, self.precision,
-                                     logits_processor=_finite_logits(self.node, iteration), merge=h.merge_for_generation)
+        return sample(self.m.model, tok, ids, seed, h.temperature, h.max_new_tokens, self.precision,
+                      merge=h.merge_for_generation, logits_processor=_finite_logits(self.node, iteration), **outputs)
 
     @torch.no_grad()
     def rollout(self, iteration: int) -> Rollout:
         h, m, tok = self.h, self.m, self.m.tokenizer
         prompts = self._prompt_batch(iteration)
         enc, out = self.sample(prompts, iteration)
-        context = enc["input_ids"].shape[1]
-        response = out[:, context:]
-        is_eos = response == tok.eos_token_id
-        has_eos = is_eos.any(-1)
-        # Tokens up to and including the first EOS are the response; the rest is padding.
-        after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
-        mask = (~after_eos).float()
-        attention = torch.cat([enc["attention_mask"], mask.long()], dim=1)
-        texts_out = tok.batch_decode(response.masked_fill(after_eos, tok.pad_token_id), skip_special_tokens=True)
+        r = split_responses(enc, out, tok)
+        context, mask, has_eos, attention, texts_out = r.context, r.mask, r.has_eos, r.attention, r.texts
 
-        rows = m.rows_per_pass(response.shape[1])
+        rows = m.rows_per_pass(mask.shape[1])
         if self.reward_fn is not None:
             scores = torch.tensor([float(s) for s in self.reward_fn(prompts, texts_out)], device=m.device)
         else:
@@ -209,8 +242,7 @@ class PPOTrainer:
             logits = m.response_logits(ids, attention, context, t)
             logprobs, entropies = gather_logprobs(logits, ids[:, context:]), F.entropy_from_logits(logits)
             del logits
-            with m.reference():
-                ref_logprobs = gather_logprobs(m.response_logits(ids, attention, context, t), ids[:, context:])
+            ref_logprobs = reference_logprobs(m, ids, attention, context, t)
             values = m.values(ids, attention, context).float()
         return logprobs, entropies, ref_logprobs, values
 
