@@ -157,3 +157,12 @@ def test_cache_list_and_gc(compose, data_home, model_cache, tmp_path):
     bad = subprocess.run([ALIGNLAB, "cache", "--dir", str(cache), "list"], env=env, capture_output=True, text=True)
     assert bad.returncode == 1 and f"{damaged / 'COMPLETE'} is not valid JSON" in bad.stderr
     assert "Traceback" not in bad.stderr and damaged.is_dir()  # nothing removed
+
+
+def test_headline_columns_of_every_kind_in_a_pipeline_from_a_generator():
+    from alignlab.stages import REGISTRY, headline
+
+    kinds = ["sft", "dpo", "ppo"]
+    expected = tuple(dict.fromkeys(m for k in REGISTRY if k in kinds for m in REGISTRY[k].headline))
+    assert headline(k for k in kinds) == expected
+    assert set(REGISTRY["ppo"].headline) <= set(expected) and set(REGISTRY["dpo"].headline) <= set(expected)

@@ -112,7 +112,8 @@ register(StageSpec(kind="rloo", config=stage_config.RLOOStageConfig,
 
 def headline(kinds) -> Tuple[str, ...]:
     """The headline metrics of these stage kinds, in registry order, each once (unknown kinds: none)."""
-    return tuple(dict.fromkeys(m for k, sp in REGISTRY.items() if k in set(kinds) for m in sp.headline))
+    kinds = set(kinds)  # once: `kinds` may be a generator
+    return tuple(dict.fromkeys(m for k, sp in REGISTRY.items() if k in kinds for m in sp.headline))
 
 
 def rivals(kinds: Mapping[str, str]) -> List[Tuple[str, str]]:
