@@ -131,3 +131,12 @@ TINY_PREFERENCE = (
     *_stage_overrides("reward"),
     *_stage_overrides("dpo"),
 )
+
+
+def send_json(handler, status: int, body: bytes) -> None:
+    """Answer an http.server request with a JSON body (the test servers on 127.0.0.1)."""
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)

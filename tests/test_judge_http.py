@@ -27,6 +27,7 @@ from alignlab.errors import ConfigError
 from alignlab.eval.judge.config import OpenAIJudgeConfig
 from alignlab.eval.judge.http import JudgeEndpointError, OpenAICompatibleJudge
 from alignlab.eval.judge.verdicts import Judgement, parse_verdict
+from conftest import send_json
 
 KEY_ENV = "ALIGNLAB_TEST_JUDGE_KEY"
 SERVER_KEY = "sk-alignlab-test-7f3a9c2e"
@@ -150,20 +151,13 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             time.sleep(fault[1])  # the client has given up by now; close without a reply
             return
         if fault:  # echoes the credentials like a careless server: the judge must not repeat them
-            return self._send(fault[1], json.dumps({"error": {"message": f"injected fault for {auth}"}}).encode())
+            return send_json(self, fault[1], json.dumps({"error": {"message": f"injected fault for {auth}"}}).encode())
         status, reply = self.server.forward(self.path, body, auth)
         if status == 200 and self.server.rewrite:
             data = json.loads(reply)
             self.server.rewrite(json.loads(body), data)
             reply = json.dumps(data).encode()
-        self._send(status, reply)
-
-    def _send(self, status: int, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        send_json(self, status, reply)
 
     def log_message(self, *args):
         pass

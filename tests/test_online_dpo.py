@@ -18,7 +18,7 @@ from alignlab.eval.judge.calibrate import judge_question
 from alignlab.preflight import preflight
 from alignlab.stages import online_dpo, reward, sft
 from alignlab.stages.context import Artifact, load_inference
-from conftest import TINY_PREFERENCE, TINY_SFT
+from conftest import TINY_PREFERENCE, TINY_SFT, send_json
 
 TINY = (*[arg for arg in TINY_SFT if arg != "judge=none"], "stage.sft.max_steps=2",
         "data.prompts.max_train_rows=6", "data.prompts.max_chars=300",
@@ -66,11 +66,7 @@ class _Handler(BaseHTTPRequestHandler):
                            "choices": [{"index": 0, "finish_reason": "stop", "message": {
                                "role": "assistant", "content": f"My final verdict is: [[{verdict}]]"}}],
                            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        send_json(self, 200, body)
 
     def log_message(self, *args):
         pass
