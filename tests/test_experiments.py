@@ -118,7 +118,7 @@ def test_mini_variant_runs(paper, compose, data_home, model_cache, tmp_path):
         assert (run_dir / "plots" / FRONTIER_PLOT).is_file()
 
 
-@pytest.mark.experiments
+@pytest.mark.slow  # ~10 min on 2 quiet cores: kept out of CI's experiments job until that job has room
 def test_method_zoo_mini_compares_every_method_in_one_report(compose, data_home, model_cache, tmp_path):
     cfg = compose("experiment=method_zoo_mini")
     run_dir = tmp_path / "run"
