@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
 from alignlab.errors import ConfigError
@@ -80,6 +81,7 @@ def test_perturbed_adapter_has_positive_kl(trained, tmp_path):
     from alignlab.eval.reward_kl import held_out_prompts, sample_and_score, summarise
 
     cfg, record, _ = trained
+    cfg = OmegaConf.merge(cfg, {"eval": {"reward_kl": {"n": 16}}})  # single-sample log-ratios are noisy: 16 a prompt
     sft, rm = _adapter(record, "sft"), _adapter(record, "rm")
     perturbed = tmp_path / "adapter"
     shutil.copytree(sft, perturbed)
@@ -88,8 +90,8 @@ def test_perturbed_adapter_has_positive_kl(trained, tmp_path):
     noisy = {k: v + 20.0 * torch.randn(v.shape, generator=gen) if ".lora_" in k else v for k, v in weights.items()}
     save_file(noisy, str(perturbed / "adapter_model.safetensors"))
     result = sample_and_score(cfg, held_out_prompts(cfg, cfg.paths.data_home), perturbed, sft, rm)
-    point = summarise(result, "sft", "sft", "", 2, 0.95, 0)
-    assert point.kl > 0 and point.kl_ci[0] > 0
+    point = summarise(result, "sft", "sft", "", 16, 0.95, 0)
+    assert point.n == 6 * 16 and point.kl > 0 and point.kl_ci[0] > 0
 
 
 def test_reward_is_the_reward_nodes_score_of_the_responses(trained):
